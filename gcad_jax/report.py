@@ -1,0 +1,302 @@
+"""Reports: W/metrics.json with variants, plots, overlays, W/report.md, TensorBoard; tables over workdirs.
+
+  python -m gcad_jax.report W [W ...]
+
+prints GCAD.md §10.1's Tables 3, 5 and 6 for the given workdirs (one category each; several workdirs of one
+category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
+evaluator (LOCO_FORMAT.md §9, §11); this module only arranges and draws them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import sys
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from gcad_jax import evaluate
+
+KINDS = ('structural_anomalies', 'logical_anomalies')
+SHORT = {'structural_anomalies': 'structural', 'logical_anomalies': 'logical', 'mean': 'mean'}
+VARIANTS = ('local', 'global', 'combined')
+LIMIT = '0.05'
+REPORT_FILE = 'report.md'
+# GCAD.md §10.1 [P]: Table 3 (AUC-sPRO@0.05 per category), Tables 5 and 6 (means over the categories).
+PAPER_TABLE3 = {'breakfast_box': 0.502, 'screw_bag': 0.558, 'pushpins': 0.739, 'splicing_connectors': 0.798,
+                'juice_bottle': 0.910, 'mean': 0.701}
+PAPER_TABLE5 = {'structural': 0.692, 'logical': 0.711, 'mean': 0.701}
+PAPER_TABLE6 = {'structural': 0.806, 'logical': 0.860, 'mean': 0.833}
+
+
+# ------------------------------------------------------------------------------------------------
+# metrics.json: the combined maps' official keys, plus the variants (pure).
+
+
+def headline(metrics: Mapping) -> dict:
+  """{'spro': {structural, logical, mean}, 'auroc': {...}}: AUC-sPRO@0.05 and image AUROC of one metrics dict."""
+  spro = metrics['localization']['auc_spro']
+  roc = metrics['classification']['auc_roc']
+  return {'spro': {SHORT[k]: (spro.get(k) or {}).get(LIMIT) for k in (*KINDS, 'mean')},
+          'auroc': {SHORT[k]: roc.get(k) for k in (*KINDS, 'mean')}}
+
+
+def assemble_metrics(combined: Mapping, variants: Mapping[str, Mapping], extra: Mapping | None = None) -> dict:
+  """The combined maps' metrics (official schema + 'gcad_jax'), with 'variants' = local-only and global-only.
+
+  Each variant keeps the official classification and localization.auc_spro, and its standard AUROC.
+  """
+  out = dict(combined)
+  out['variants'] = {
+      name: {'classification': m['classification'], 'localization': {'auc_spro': m['localization']['auc_spro']},
+             'auc_roc_standard': m.get(evaluate.EXTRAS_KEY, {}).get('auc_roc_standard')}
+      for name, m in variants.items()}
+  if extra:
+    out[evaluate.EXTRAS_KEY] = {**out.get(evaluate.EXTRAS_KEY, {}), **extra}
+  return out
+
+
+def variant_headlines(metrics: Mapping) -> dict[str, dict]:
+  """{'local', 'global', 'combined'} → headline(), for the variants present."""
+  out = {name: headline(m) for name, m in metrics.get('variants', {}).items()}
+  out['combined'] = headline(metrics)
+  return {v: out[v] for v in VARIANTS if v in out}
+
+
+def _fmt(value, std=None) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return '–'
+  return f'{value:.3f}' if std is None else f'{value:.3f} ± {std:.3f}'
+
+
+def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str] = ()) -> str:
+  """W/report.md: AUC-sPRO@0.05 and image AUROC per kind and mean, rows local/global/combined (Tables 5, 6)."""
+  rows = variant_headlines(metrics)
+  lines = [f'# GCAD on {category}', '', *extra_lines, '',
+           '| maps | sPRO@0.05 structural | logical | mean | AUROC structural | logical | mean |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for name, h in rows.items():
+    lines.append(f'| {name} | ' + ' | '.join(_fmt(h['spro'][k]) for k in ('structural', 'logical', 'mean'))
+                 + ' | ' + ' | '.join(_fmt(h['auroc'][k]) for k in ('structural', 'logical', 'mean')) + ' |')
+  lines.append('| paper GCAD (5-category means, Tables 5, 6) | '
+               + ' | '.join(_fmt(PAPER_TABLE5[k]) for k in ('structural', 'logical', 'mean')) + ' | '
+               + ' | '.join(_fmt(PAPER_TABLE6[k]) for k in ('structural', 'logical', 'mean')) + ' |')
+  if category in PAPER_TABLE3:
+    lines.append(f'\nPaper GCAD AUC-sPRO@0.05 on {category} (Table 3): {PAPER_TABLE3[category]:.3f}.')
+  spro = metrics['localization']['auc_spro']['mean'] or {}
+  lines += ['', 'Combined maps, mean AUC-sPRO at every integration limit (Table 7):', '',
+            '| ' + ' | '.join(spro) + ' |', '|' + '---:|' * len(spro),
+            '| ' + ' | '.join(_fmt(v) for v in spro.values()) + ' |', '',
+            'Plots: `plots/spro_curves.png`, `plots/roc_curves.png`; overlays in `plots/overlays/`. '
+            'Evaluator: exact mode of `gcad_jax.evaluate` (LOCO_FORMAT.md §11).']
+  return '\n'.join(lines) + '\n'
+
+
+# ------------------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg).
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_spro_curves(metrics: Mapping, path: pathlib.Path, limit: float = 0.3) -> pathlib.Path:
+  """sPRO against FPR per anomaly kind, up to FPR `limit`, with the 0.05 limit marked."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(5, 4))
+  for kind, curve in metrics[evaluate.EXTRAS_KEY]['curves'].items():
+    if curve['fpr']:
+      ax.plot(curve['fpr'], curve['spro'], label=SHORT.get(kind, kind))
+  ax.axvline(0.05, color='grey', ls='--', lw=0.8)
+  ax.set(xlim=(0, limit), ylim=(0, 1), xlabel='FPR', ylabel='sPRO', title='sPRO curves (combined maps)')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pathlib.Path:
+  """Image-level ROC (score = map maximum), good vs each anomaly kind."""
+  from gcad_jax.metrics import auroc  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
+  by_kind = {}
+  for image_id, score in image_scores.items():
+    by_kind.setdefault(image_id.split('/')[1], []).append(score)
+  fig, ax = plt.subplots(figsize=(4.5, 4))
+  for kind in KINDS:
+    if by_kind.get(kind) and by_kind.get('good'):
+      fpr, tpr = auroc.roc_official(by_kind['good'], by_kind[kind])
+      ax.plot(fpr, tpr, label=f'{SHORT[kind]} ({auroc.auroc_official(by_kind["good"], by_kind[kind]):.3f})')
+  ax.plot([0, 1], [0, 1], color='grey', ls=':', lw=0.8)
+  ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='FPR', ylabel='TPR', title='Image ROC (combined maps)')
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
+                  per_kind: int = 2) -> list[pathlib.Path]:
+  """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale."""
+  from tfds_loco import layout  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
+  records = layout.list_split(cat_dir, 'test')
+  chosen = [r for kind in layout.KINDS for r in [r for r in records if r.kind == kind][:per_kind]]
+  if not chosen:
+    return []
+  arrays = {r.image_id: np.asarray(maps[r.image_id]) for r in chosen}
+  lo = min(float(np.percentile(a, 1)) for a in arrays.values())
+  hi = max(float(a.max()) for a in arrays.values())
+  out_dir.mkdir(parents=True, exist_ok=True)
+  written = []
+  for r in chosen:
+    image = layout.read_rgb_image(r.path)
+    fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
+    ax.imshow(image)
+    im = ax.imshow(arrays[r.image_id], cmap='jet', alpha=0.45, vmin=lo, vmax=hi)
+    gt_dir = layout.ground_truth_dir(cat_dir, r)
+    if r.kind != 'good' and gt_dir.is_dir():
+      union = np.zeros(image.shape[:2], bool)
+      for p in sorted(gt_dir.glob('*.png')):
+        union |= layout.read_mask(p) > 0
+      ax.contour(union, levels=[0.5], colors='red', linewidths=1.2)
+    ax.set_title(f'{r.image_id}  max {arrays[r.image_id].max():.2f}', fontsize=8)
+    ax.axis('off')
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.tight_layout()
+    path = out_dir / f'{r.kind}_{r.stem}.png'
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+# ------------------------------------------------------------------------------------------------
+# The per-workdir report (I/O edge).
+
+
+def write_category_report(workdir, metrics: Mapping, category: str, cat_dir, maps: Mapping[str, np.ndarray],
+                          image_scores: Mapping[str, float], step: int = 0,
+                          extra_lines: Sequence[str] = ()) -> pathlib.Path:
+  """W/metrics.json, W/plots/*, W/report.md and TensorBoard scalars `test/*`; returns report.md's path."""
+  workdir = pathlib.Path(workdir)
+  evaluate.write_metrics(metrics, workdir)
+  plots = workdir / 'plots'
+  plots.mkdir(parents=True, exist_ok=True)
+  plot_spro_curves(metrics, plots / 'spro_curves.png')
+  plot_roc_curves(image_scores, plots / 'roc_curves.png')
+  plot_overlays(pathlib.Path(cat_dir), maps, plots / 'overlays')
+  path = workdir / REPORT_FILE
+  tmp = workdir / f'.{REPORT_FILE}.{os.getpid()}.tmp'
+  tmp.write_text(category_markdown(metrics, category, extra_lines))
+  os.replace(tmp, path)
+  write_scalars(workdir, metrics, step)
+  return path
+
+
+def write_scalars(workdir, metrics: Mapping, step: int) -> None:
+  """test/<variant>/{spro_0.05,auroc}/<kind> to TensorBoard (clu's default writer in W)."""
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  scalars = {}
+  for variant, h in variant_headlines(metrics).items():
+    for metric in ('spro', 'auroc'):
+      for kind, value in h[metric].items():
+        if value is not None:
+          name = 'spro_0.05' if metric == 'spro' else 'auroc'
+          scalars[f'test/{variant}/{name}/{kind}'] = float(value)
+  writer = metric_writers.create_default_writer(str(workdir))
+  writer.write_scalars(int(step), scalars)
+  writer.flush()
+  writer.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables over workdirs (Tables 3, 5, 6).
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+  vals = [v for v in values if v is not None]
+  if not vals:
+    return None, None
+  return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+
+
+def load_runs(workdirs: Iterable) -> dict[str, list[dict]]:
+  """{category: [variant_headlines of each workdir (seed)]} from W/metrics.json."""
+  runs: dict[str, list[dict]] = {}
+  for w in workdirs:
+    path = pathlib.Path(w) / evaluate.METRICS_FILE
+    if not path.is_file():
+      raise FileNotFoundError(f'{path} is missing; run --mode=eval on {w} first')
+    metrics = json.loads(path.read_text())
+    category = metrics.get(evaluate.EXTRAS_KEY, {}).get('category') or pathlib.Path(w).name
+    runs.setdefault(category, []).append(variant_headlines(metrics))
+  return runs
+
+
+def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
+  """Tables 3, 5 and 6 (GCAD.md §10.1) of ours (mean ± std over seeds) beside the paper's GCAD row."""
+  categories = sorted(runs)
+  seeds = {len(v) for v in runs.values()}
+  aligned = len(seeds) == 1  # the same number of seeds everywhere: a per-seed dataset mean, then its std
+  out = []
+
+  def dataset_mean(variant, metric, kind):
+    per_cat = [[r[variant][metric][kind] if variant in r else None for r in runs[c]] for c in categories]
+    if aligned:
+      per_seed = [np.mean([pc[i] for pc in per_cat]) if all(pc[i] is not None for pc in per_cat) else None
+                  for i in range(len(per_cat[0]))]
+      return _mean_std(per_seed)
+    means = [_mean_std(pc)[0] for pc in per_cat]
+    return (float(np.mean(means)), None) if all(m is not None for m in means) else (None, None)
+
+  variants = [v for v in VARIANTS if any(v in r for rs in runs.values() for r in rs)]
+  out += ['Table 3: AUC-sPRO@0.05 per category (mean of structural and logical).', '',
+          '| maps | ' + ' | '.join(categories) + ' | Mean |', '|---|' + '---:|' * (len(categories) + 1)]
+  for v in variants:
+    cells = [_fmt(*_mean_std([r[v]['spro']['mean'] for r in runs[c] if v in r])) for c in categories]
+    out.append(f'| ours {v} | ' + ' | '.join(cells) + f' | {_fmt(*dataset_mean(v, "spro", "mean"))} |')
+  out.append('| paper GCAD | ' + ' | '.join(_fmt(PAPER_TABLE3.get(c)) for c in categories)
+             + f' | {_fmt(PAPER_TABLE3["mean"])} |')
+  for number, metric, paper, title in ((5, 'spro', PAPER_TABLE5, 'AUC-sPRO@0.05 by anomaly kind'),
+                                       (6, 'auroc', PAPER_TABLE6, 'image AUROC by anomaly kind')):
+    out += ['', f'Table {number}: {title} (mean over the categories).', '',
+            '| maps | Structural | Logical | Mean |', '|---|---:|---:|---:|']
+    for v in variants:
+      out.append(f'| ours {v} | ' + ' | '.join(_fmt(*dataset_mean(v, metric, k))
+                                              for k in ('structural', 'logical', 'mean')) + ' |')
+    out.append('| paper GCAD | ' + ' | '.join(_fmt(paper[k]) for k in ('structural', 'logical', 'mean')) + ' |')
+  n = ', '.join(f'{c}: {len(runs[c])}' for c in categories)
+  out += ['', f'Runs per category: {n}. ± is the sample std over seeds. The paper averages the five real '
+          'categories; a mean over other categories is not comparable to it.']
+  return '\n'.join(out) + '\n'
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m gcad_jax.report', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('workdirs', nargs='+', help='workdirs holding metrics.json (one category each)')
+  parser.add_argument('--out', default=None, help='also write the tables to this markdown file')
+  args = parser.parse_args(argv)
+  try:
+    text = tables_markdown(load_runs(args.workdirs))
+  except (FileNotFoundError, KeyError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,563 @@
+"""GCAD training: train state, per-device train step, the loop, checkpoints and logging.
+
+GCAD.md §7 (losses, staging, optimiser), §3.4 (E_loc statistics), §4.3 (skip fade), §13 (JAX mapping).
+One full model per receptive field p in `config.model.scales`, trained one after the other in the same run,
+each with its own state and its own folder `workdir/p17`, `workdir/p33`:
+
+  workdir/config.json, workdir/provenance.json      resolved config; code, packages, devices, seed, times
+  workdir/p17/checkpoints/<step>/{state,meta}       Orbax: TrainState + JSON data position
+  workdir/p17/events.out.tfevents.*                 clu metrics (losses, learning rate, skip weights)
+  workdir/p17/validation_losses.json                Eq. 2–5 terms on the validation images
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+
+from gcad_jax import configlib, input_pipeline, parallel
+from gcad_jax.models import gcad, global_net, teacher, teacher_weights
+
+MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (GCAD.md §7.3, stage 1)
+RGLO = 'r_glo'  # optimised from train.rglo_start_epoch on, with its own optimiser state
+LOSSES = ('l_loc', 'l_kd', 'l_glo', 'total')
+# Config sections that fix the shapes of the networks: a checkpoint only resumes under the same values.
+MODEL_KEYS = ('model', 'eloc', 'eglo', 'u', 'unet')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything one scale's training carries from step to step (GCAD.md §7.3, §13).
+
+  E_loc's parameters and statistics are frozen and live outside both optimiser states;
+  `opt_state_rglo` is None until the stage switch, so R_glo's Adam count starts at its first update.
+  """
+  step: jax.Array
+  params: Any  # trainable: {'r_loc', 'e_glo', 'u', 'r_glo'}
+  opt_state_main: Any  # for {'e_glo', 'u', 'r_loc'}
+  opt_state_rglo: Any  # for 'r_glo'; None in stage 1
+  e_loc_params: Any
+  eloc_stats: Any  # {'mean': (d,), 'std': (d,)}
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with coupled L2, as PyTorch `Adam(weight_decay=…)` (GCAD.md §7.3, not AdamW)."""
+  o = config.optim
+  return optax.chain(optax.add_decayed_weights(o.weight_decay),
+                     optax.adam(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps))
+
+
+def create_train_state(config, trainable, e_loc_params, eloc_stats) -> TrainState:
+  """Stage-1 state: the optimiser state for {E_glo, U, R_loc} only (GCAD.md §7.3)."""
+  tx = make_optimizer(config)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
+                    opt_state_main=tx.init({k: trainable[k] for k in MAIN}), opt_state_rglo=None,
+                    e_loc_params=e_loc_params, eloc_stats=eloc_stats)
+
+
+def start_rglo(config, state: TrainState) -> TrainState:
+  """The stage switch (GCAD.md §7.3): R_glo gets a fresh optimiser state, Adam count 0."""
+  return state.replace(opt_state_rglo=make_optimizer(config).init(state.params[RGLO]))
+
+
+def fractional_epoch(step, steps_per_epoch: int):
+  """e = step / steps_per_epoch (GCAD.md §4.3, §7.3); works traced and on the host."""
+  return step / steps_per_epoch
+
+
+def skip_weights(config, epoch):
+  """The five E_glo skip weights at fractional epoch `epoch` (GCAD.md §4.3)."""
+  fade = config.eglo.skip_fade
+  return global_net.skip_weights(epoch, mode=fade.mode, end_epoch=fade.end_epoch,
+                                 levels=config.eglo.skip_levels)
+
+
+def preprocess_examples(config, step, images, train: bool):
+  """Augments (when `train`) and normalises this device's uint8 images (GCAD.md §7.4).
+
+  Each example draws from a key folded from (seed, step, global example index): its device's index times
+  the per-device batch plus its row. So the augmentation does not depend on the device count.
+  """
+  if not train:
+    return input_pipeline.preprocess(jax.random.PRNGKey(config.seed), images, config, False)
+  rows = images.shape[0]
+  index = jax.lax.axis_index(parallel.AXIS) * rows + jnp.arange(rows)
+  base = jax.random.fold_in(jax.random.PRNGKey(config.seed), step)
+  keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+  one = lambda key, image: input_pipeline.preprocess(key, image[None], config, True)[0]
+  return jax.vmap(one)(keys, images)
+
+
+def _adam_update(tx, grads, opt_state, params):
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def train_step(state: TrainState, images, *, nets, config, steps_per_epoch: int, with_glo: bool):
+  """One step of GCAD.md §7.5 on this device's rows; gradients averaged over `data` with `lax.pmean`.
+
+  Stage 1 (`with_glo=False`): L = L_kd/d_loc + L_loc/d_loc updates {E_glo, U, R_loc}; R_glo and its
+  optimiser state are not touched. Stage 2 adds L_glo/d_glo and updates R_glo with its own state.
+  """
+  tx = make_optimizer(config)
+  epoch = fractional_epoch(state.step, steps_per_epoch)
+  x = preprocess_examples(config, state.step, images, train=True)
+  f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
+  weights = skip_weights(config, epoch)
+  trained = MAIN + ((RGLO,) if with_glo else ())
+
+  def loss_fn(sub):
+    losses = gcad.per_image_losses(
+        nets, {**state.params, **sub}, f, x, weights, with_glo=with_glo,
+        reduction=config.train.loss_reduction, stop_grad_eglo_in_lglo=config.train.stop_grad_eglo_in_lglo)
+    return jnp.mean(losses['total']), losses
+
+  grads, losses = jax.grad(loss_fn, has_aux=True)({k: state.params[k] for k in trained})
+  grads = jax.lax.pmean(grads, parallel.AXIS)
+  main, opt_state_main = _adam_update(tx, {k: grads[k] for k in MAIN}, state.opt_state_main,
+                                      {k: state.params[k] for k in MAIN})
+  params = {**state.params, **main}
+  opt_state_rglo = state.opt_state_rglo
+  if with_glo:
+    params[RGLO], opt_state_rglo = _adam_update(tx, grads[RGLO], opt_state_rglo, state.params[RGLO])
+  metrics = {k: jnp.mean(losses[k]) if k in losses else jnp.zeros(()) for k in LOSSES}
+  metrics = jax.lax.pmean(metrics, parallel.AXIS)
+  new_state = state.replace(step=state.step + 1, params=params, opt_state_main=opt_state_main,
+                            opt_state_rglo=opt_state_rglo)
+  return new_state, metrics
+
+
+def eloc_moments_step(e_loc_params, images, mask, *, nets, config):
+  """Per-channel moments of the raw dense E_loc features of the un-augmented images (GCAD.md §3.4)."""
+  x = input_pipeline.preprocess(jax.random.PRNGKey(config.seed), images, config, False)
+  d = config.eloc.d_loc
+  identity = {'mean': jnp.zeros((d,), jnp.float32), 'std': jnp.ones((d,), jnp.float32)}
+  f = gcad.eloc_features(nets, e_loc_params, identity, x)
+  per_image = jax.vmap(lambda fi: teacher.feature_moments(fi[None]))(f)
+  moments = jax.tree.map(lambda m: jnp.tensordot(mask.astype(m.dtype), m, axes=1), per_image)
+  return jax.lax.psum(moments, parallel.AXIS)
+
+
+def eval_step(state: TrainState, images, mask, *, nets, config, steps_per_epoch: int):
+  """Sums of the per-image Eq. 2–5 terms over the un-augmented `mask`ed images, and their count."""
+  x = preprocess_examples(config, state.step, images, train=False)
+  f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
+  weights = skip_weights(config, fractional_epoch(state.step, steps_per_epoch))
+  losses = gcad.per_image_losses(nets, state.params, f, x, weights, with_glo=True,
+                                 reduction=config.train.loss_reduction,
+                                 stop_grad_eglo_in_lglo=config.train.stop_grad_eglo_in_lglo)
+  sums = {k: jnp.sum(losses[k] * mask) for k in LOSSES}
+  sums['count'] = jnp.sum(mask)
+  return jax.lax.psum(sums, parallel.AXIS)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host side: data positions, E_loc statistics, checkpoints, logging, the loop.
+
+
+def _map_over_all(fn, replicated, images_uint8, config, mesh):
+  """Runs a per-device `fn(replicated, images, mask)` over every image once; returns the host-summed psums."""
+  mode, batch = config.parallel, config.train.batch_size
+  mapped = parallel.map_per_device(fn, mode, mesh, donate=False)
+  rows = parallel.process_rows(batch)
+  outputs = []
+  for index, mask in parallel.padded_batches(len(images_uint8), batch):
+    images, mask = parallel.shard_batch((images_uint8[index[rows]], mask[rows]), mode, mesh)
+    outputs.append(mapped(replicated, images, mask))
+  outputs = [parallel.unreplicate(o, mode) for o in outputs]
+  return jax.tree.map(lambda *xs: np.sum(np.stack(xs).astype(np.float64), axis=0), *outputs)
+
+
+def compute_eloc_stats(config, nets, e_loc_params, images_uint8, mesh) -> dict:
+  """μ_c, σ_c over all pixels of all un-augmented training images, streamed in batches (GCAD.md §3.4)."""
+  fn = functools.partial(eloc_moments_step, nets=nets, config=config)
+  replicated = parallel.replicate(e_loc_params, config.parallel, mesh)
+  total, total_sq, count = _map_over_all(fn, replicated, images_uint8, config, mesh)
+  stats = teacher.stats_from_moments(total, total_sq, count)
+  return jax.tree.map(lambda s: np.asarray(s, np.float32), dict(stats))
+
+
+def param_shapes(tree) -> dict[str, list[int]]:
+  """{'r_loc/…/kernel': shape} for the shape check on resume."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', k))) for k in path): list(np.shape(leaf))
+          for path, leaf in flat}
+
+
+def _model_config(config) -> dict:
+  return {k: config[k].to_dict() for k in MODEL_KEYS} | {'image_size': list(config.dataset.image_size)}
+
+
+def check_resumable(saved_meta: dict, config, shapes: dict, ckpt_dir) -> None:
+  """Refuses to resume a checkpoint whose networks have other shapes than `config` gives."""
+  saved = saved_meta['param_shapes']
+  differing = [k for k in sorted(set(saved) | set(shapes)) if saved.get(k) != shapes.get(k)]
+  if not differing:
+    return
+  now = json.loads(json.dumps(_model_config(config)))  # Tuples as lists, as saved.
+  keys = [k for k in now if saved_meta.get('model_config', {}).get(k) != now[k]]
+  examples = ', '.join(f'{k}: saved {saved.get(k)}, config {shapes.get(k)}' for k in differing[:3])
+  raise ValueError(
+      f'{ckpt_dir}: the checkpoint at step {saved_meta["step"]} holds networks of other shapes than this '
+      f'config builds ({len(differing)} arrays differ, e.g. {examples}; config sections that differ: '
+      f'{keys or "none recorded"}). Resume with the config in {ckpt_dir.parent.parent}/config.json, or '
+      'start a fresh --workdir.')
+
+
+def check_checkpoint(config, scale_dir: epath.Path, meta: dict, shapes: dict, steps_per_epoch: int,
+                     num_examples: int) -> None:
+  """Refuses to resume `meta`'s checkpoint under a config with other shapes or another data position."""
+  check_resumable(meta, config, shapes, scale_dir / 'checkpoints')
+  if (meta['steps_per_epoch'], meta['num_train_examples']) != (steps_per_epoch, num_examples):
+    raise configlib.ConfigError(
+        f'config.train.batch_size: the checkpoint in {scale_dir / "checkpoints"} was trained with '
+        f'{meta["steps_per_epoch"]} steps per epoch over {meta["num_train_examples"]} images; this config and '
+        f'data set give {steps_per_epoch} over {num_examples}, so the data position cannot be resumed. Use '
+        'the same batch size and data set, or a fresh --workdir.')
+
+
+def checkpoint_manager(config, scale_dir: epath.Path) -> ocp.CheckpointManager:
+  """Orbax manager of one scale: state (StandardSave) + JSON data position (GCAD.md §7.3, issue item 4)."""
+  options = ocp.CheckpointManagerOptions(save_interval_steps=config.train.checkpoint_every_steps,
+                                         max_to_keep=config.train.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(scale_dir / 'checkpoints', options=options, item_names=('state', 'meta'))
+
+
+def _abstract(tree, sharding):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), tree)
+
+
+def save_checkpoint(mngr, state, meta: dict, mode: str, force: bool = False) -> None:
+  """Saves one host copy of the replicated state (the same under shard_map and pmap) and `meta`.
+
+  Orbax writes it in the background; the copy is taken first, so the next step may donate the buffers.
+  """
+  item = parallel.unreplicate(state, mode)
+  mngr.save(int(meta['step']), args=ocp.args.Composite(state=ocp.args.StandardSave(item),
+                                                       meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore_checkpoint(mngr, step: int, template: TrainState, mode: str, mesh):
+  """Restores (state, meta) at `step` onto the devices; `template` gives the host-side structure."""
+  if mode == 'pmap':
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  else:
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(template, sharding))))
+  state = restored['state']
+  if mode == 'pmap':
+    state = parallel.replicate(jax.device_get(state), mode, mesh)
+  return state
+
+
+def read_meta(mngr, step: int) -> dict:
+  return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+def _git_commit() -> str | None:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True, timeout=10)
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def provenance(config) -> dict:
+  """Code, packages, devices, processes and seed of this run (written next to the checkpoints)."""
+  packages = {}
+  for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu', 'numpy', 'ml_collections',
+               'tensorflow-datasets', 'gcad_jax'):
+    try:
+      packages[name] = importlib_metadata.version(name)
+    except importlib_metadata.PackageNotFoundError:
+      packages[name] = None
+  return {'git_commit': _git_commit(), 'python': platform.python_version(), 'packages': packages,
+          'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
+          'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
+          'process_count': jax.process_count(), 'seed': config.seed, 'parallel': config.parallel,
+          'hostname': platform.node(), 'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+
+
+def _write_json(path: epath.Path, value) -> None:
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def write_run_files(config, workdir) -> dict:
+  """workdir/config.json (the resolved config) and workdir/provenance.json."""
+  workdir = epath.Path(workdir)
+  _write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+  info = provenance(config)
+  _write_json(workdir / 'provenance.json', info)
+  return info
+
+
+def _warn_if_random_teacher(config) -> None:
+  if config.teacher.init == 'random':
+    logging.warning('WARNING: E_loc (the teacher) is random-initialised (config.teacher.init=random): no '
+                    'pretrained teacher weights are used. Fine for tests and demos; not the paper\'s setting '
+                    '(GCAD.md §3.5).')
+
+
+def _steps_per_epoch(config, num_examples: int) -> int:
+  """Full global batches per epoch (GCAD.md §7.3); refuses fewer images than one batch, naming the key."""
+  try:
+    return input_pipeline.steps_per_epoch(num_examples, config.train.batch_size, config.train.drop_last)
+  except ValueError as e:
+    raise configlib.ConfigError(f'config.train.batch_size: {e}') from None
+
+
+def _scale_dir(workdir, p: int) -> epath.Path:
+  return epath.Path(workdir) / f'p{p}'
+
+
+def _init(config, p: int, image_shape: tuple[int, int]):
+  """Networks and freshly initialised (trainable, e_loc_params) of scale p, from the run's seed."""
+  nets = gcad.build_nets(config, p)
+  rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), p)
+  trainable, e_loc_params = gcad.init_params(nets, rng, tuple(image_shape))
+  return nets, trainable, e_loc_params
+
+
+def _template(config, trainable, e_loc_params, rglo_started: bool) -> TrainState:
+  d = config.eloc.d_loc
+  stats = {'mean': np.zeros((d,), np.float32), 'std': np.ones((d,), np.float32)}
+  state = create_train_state(config, trainable, e_loc_params, stats)
+  return start_rglo(config, state) if rglo_started else state
+
+
+def train_scale(config, workdir, p: int, train_data, mesh) -> TrainState:
+  """Trains (or resumes) the GCAD model of receptive field p; returns its final state on the devices."""
+  mode, batch = config.parallel, config.train.batch_size
+  scale_dir = _scale_dir(workdir, p)
+  num_examples = len(train_data.images)
+  steps_per_epoch = _steps_per_epoch(config, num_examples)
+  total_steps = steps_per_epoch * config.train.epochs
+  nets, trainable, e_loc_params = _init(config, p, train_data.images.shape[1:3])
+  shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
+
+  mngr = checkpoint_manager(config, scale_dir)
+  latest = mngr.latest_step()
+  if latest is not None:
+    meta = read_meta(mngr, latest)
+    check_checkpoint(config, scale_dir, meta, shapes, steps_per_epoch, num_examples)
+    template = _template(config, trainable, e_loc_params, meta['rglo_started'])
+    state = restore_checkpoint(mngr, latest, template, mode, mesh)
+    logging.info('p%d: resumed from %s at step %d (epoch %d, batch %d)', p, scale_dir / 'checkpoints',
+                 latest, meta['epoch'], meta['batch'])
+  else:
+    e_loc_params = teacher_weights.load_teacher_params(config.teacher.init, p, e_loc_params)
+    t0 = time.time()
+    stats = compute_eloc_stats(config, nets, e_loc_params, train_data.images, mesh)
+    logging.info('p%d: E_loc statistics over %d training images in %.1fs (mean |μ| %.3g, mean σ %.3g)', p,
+                 num_examples, time.time() - t0, np.abs(stats['mean']).mean(), stats['std'].mean())
+    state = parallel.replicate(create_train_state(config, trainable, e_loc_params, stats), mode, mesh)
+  del trainable, e_loc_params
+
+  start = latest or 0
+  writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
+  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  step_fns = {}
+
+  def step_fn(with_glo):
+    if with_glo not in step_fns:
+      fn = functools.partial(train_step, nets=nets, config=config, steps_per_epoch=steps_per_epoch,
+                             with_glo=with_glo)
+      step_fns[with_glo] = parallel.map_per_device(fn, mode, mesh)
+    return step_fns[with_glo]
+
+  def meta_at(done: int, rglo_started: bool) -> dict:
+    return {'step': done, 'epoch': done // steps_per_epoch, 'batch': done % steps_per_epoch,
+            'steps_per_epoch': steps_per_epoch, 'total_steps': total_steps, 'scale': p,
+            'rglo_started': rglo_started, 'seed': config.seed, 'num_train_examples': num_examples,
+            'param_shapes': shapes, 'model_config': _model_config(config)}
+
+  rglo_started = state.opt_state_rglo is not None
+  accumulated, count = None, 0
+  logging.info('p%d: %d steps (%d epochs × %d steps of %d images) on %d devices (%s), from step %d', p,
+               total_steps, config.train.epochs, steps_per_epoch, batch, jax.device_count(), mode, start)
+  for epoch in range(start // steps_per_epoch, config.train.epochs):
+    order = input_pipeline.epoch_batches(num_examples, batch, config.seed, epoch, jax.process_index(),
+                                         jax.process_count(), drop_last=config.train.drop_last)
+    for i in range(start % steps_per_epoch if epoch == start // steps_per_epoch else 0, steps_per_epoch):
+      step = epoch * steps_per_epoch + i
+      with_glo = fractional_epoch(step, steps_per_epoch) >= config.train.rglo_start_epoch
+      if with_glo and not rglo_started:
+        host = parallel.unreplicate(state, mode)
+        state = parallel.replicate(start_rglo(config, host), mode, mesh)
+        rglo_started = True
+        logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (GCAD.md §7.3)', p, step,
+                     fractional_epoch(step, steps_per_epoch))
+      images = parallel.shard_batch(train_data.images[order[i]], mode, mesh)
+      state, metrics = step_fn(with_glo)(state, images)
+      accumulated = metrics if accumulated is None else jax.tree.map(jnp.add, accumulated, metrics)
+      count += 1
+      done = step + 1
+      report_progress(done)
+      if done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1:
+        _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode)
+        accumulated, count = None, 0
+      if done % config.train.checkpoint_every_steps == 0 or done == total_steps:
+        save_checkpoint(mngr, state, meta_at(done, rglo_started), mode, force=done == total_steps)
+  if start >= total_steps:
+    logging.info('p%d: already trained (%d steps) according to %s', p, total_steps, scale_dir / 'checkpoints')
+  mngr.wait_until_finished()
+  mngr.close()
+  writer.flush()
+  return state
+
+
+def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode) -> None:
+  """Writes the interval means of the loss terms, the learning rate and the skip weights (host sync)."""
+  means = {k: float(v) / count for k, v in parallel.unreplicate(accumulated, mode).items()}
+  epoch = fractional_epoch(done, steps_per_epoch)
+  weights = np.asarray(skip_weights(config, epoch))
+  scalars = dict(means, learning_rate=config.optim.learning_rate, epoch=epoch)
+  scalars.update({f'skip_weight_{name}': float(w) for name, w in zip(global_net.SKIP_NAMES, weights)})
+  writer.write_scalars(done, scalars)
+  logging.info('p%d epoch %.2f step %d/%d: total %.5g  l_loc %.5g  l_kd %.5g  l_glo %.5g  skips %s', p, epoch,
+               done, total_steps, means['total'], means['l_loc'], means['l_kd'], means['l_glo'],
+               ' '.join(f'{n}={w:.2f}' for n, w in zip(global_net.SKIP_NAMES, weights)))
+
+
+def latest_meta(config, workdir, p: int) -> dict:
+  """The JSON data position saved with scale p's latest checkpoint."""
+  mngr = checkpoint_manager(config, _scale_dir(workdir, p))
+  meta = read_meta(mngr, mngr.latest_step())
+  mngr.close()
+  return meta
+
+
+def restore_latest(config, workdir, p: int, mesh=None):
+  """(nets, state on the devices, meta) of scale p's latest checkpoint in `workdir`; refuses other shapes."""
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  scale_dir = _scale_dir(workdir, p)
+  mngr = checkpoint_manager(config, scale_dir)
+  step = mngr.latest_step()
+  if step is None:
+    mngr.close()
+    raise FileNotFoundError(f'{scale_dir / "checkpoints"} holds no checkpoint; train first (--mode=train)')
+  meta = read_meta(mngr, step)
+  nets, trainable, e_loc_params = _init(config, p, config.dataset.image_size)
+  check_resumable(meta, config, param_shapes({'params': trainable, 'e_loc_params': e_loc_params}),
+                  scale_dir / 'checkpoints')
+  state = restore_checkpoint(mngr, step, _template(config, trainable, e_loc_params, meta['rglo_started']),
+                             config.parallel, mesh)
+  mngr.close()
+  return nets, state, meta
+
+
+def validation_losses(config, nets, state: TrainState, steps_per_epoch: int, images_uint8, mesh) -> dict:
+  """Mean Eq. 2–5 terms over the un-augmented validation images, R_glo included (GCAD.md §7.1)."""
+  fn = functools.partial(eval_step, nets=nets, config=config, steps_per_epoch=steps_per_epoch)
+  sums = _map_over_all(fn, state, images_uint8, config, mesh)
+  count = float(sums.pop('count'))
+  return {k: float(v) / count for k, v in sums.items()} | {'num_images': int(count)}
+
+
+def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
+  """Validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
+
+  Writes workdir/p<p>/validation_losses.json and the clu scalars `val/<term>`. Then, with
+  `config.score.enabled`, scores the test split with the same states (GCAD.md §8; `gcad_jax.assess`: maps,
+  metrics.json, report.md) and returns its summary under the key 'test'.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(config, mesh.size)
+  mode = config.parallel
+  val_data = input_pipeline.load_split(config, 'validation')
+  results, models = {}, {}
+  for p in config.model.scales:
+    scale_dir = _scale_dir(workdir, p)
+    if states is not None and p in states:  # The final state in memory (= the latest checkpoint).
+      nets, state, meta = gcad.build_nets(config, p), states[p], latest_meta(config, workdir, p)
+    else:
+      nets, state, meta = restore_latest(config, workdir, p, mesh)
+    models[p] = (nets, state)
+    step = meta['step']
+    losses = validation_losses(config, nets, state, meta['steps_per_epoch'], val_data.images, mesh)
+    losses['step'] = step
+    results[p] = losses
+    _write_json(scale_dir / 'validation_losses.json', losses)
+    writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
+    writer.write_scalars(step, {f'val/{k}': losses[k] for k in LOSSES})
+    writer.flush()
+    logging.info('p%d validation (%d images, step %d): %s', p, losses['num_images'], step,
+                 {k: round(losses[k], 5) for k in LOSSES})
+  if config.score.get('enabled', True):
+    from gcad_jax import assess  # pylint: disable=g-import-not-at-top (scoring is downstream of training)
+    results['test'] = assess.run(config, workdir, models, mesh, step=step, val_data=val_data)
+    print(f'gcad_jax: report in {results["test"]["report"]}', flush=True)
+  return results
+
+
+def _check_existing_checkpoints(config, workdir, train_data) -> None:
+  """Every scale's latest checkpoint (if any) must resume under this config; checked before any write."""
+  num_examples = len(train_data.images)
+  steps_per_epoch = _steps_per_epoch(config, num_examples)
+  for p in config.model.scales:
+    scale_dir = _scale_dir(workdir, p)
+    if not (scale_dir / 'checkpoints').exists():
+      continue
+    mngr = checkpoint_manager(config, scale_dir)
+    latest = mngr.latest_step()
+    if latest is not None:
+      nets = gcad.build_nets(config, p)
+      trainable, e_loc_params = jax.eval_shape(
+          lambda: gcad.init_params(nets, jax.random.PRNGKey(0), tuple(train_data.images.shape[1:3])))
+      shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
+      check_checkpoint(config, scale_dir, read_meta(mngr, latest), shapes, steps_per_epoch, num_examples)
+    mngr.close()
+
+
+def train(config, workdir, mesh=None) -> dict:
+  """Trains one model per p in `config.model.scales`, one after the other; returns {p: final state}.
+
+  `mesh` defaults to all devices (`parallel.make_mesh`); its size must divide `config.train.batch_size`.
+  """
+  mesh = parallel.make_mesh() if mesh is None else mesh
+  parallel.check_batch_size(config, mesh.size)
+  if config.train.cache_eloc:
+    raise configlib.ConfigError('config.train.cache_eloc: caching E_loc features (GCAD.md §7.5) is not '
+                                'implemented by gcad_jax.train; set it to False (E_loc then runs every step)')
+  _warn_if_random_teacher(config)
+  t0 = time.time()
+  train_data = input_pipeline.load_split(config, 'train')
+  _check_existing_checkpoints(config, workdir, train_data)
+  info = write_run_files(config, workdir)
+  states = {p: train_scale(config, workdir, p, train_data, mesh) for p in config.model.scales}
+  jax.block_until_ready(states)
+  info.update(end_time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), train_wall_s=round(time.time() - t0, 2))
+  _write_json(epath.Path(workdir) / 'provenance.json', info)
+  return states
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: str = 'train_and_eval'):
+  """The entry point of main.py: `train`, `eval` (validation losses from the latest checkpoints) or both."""
+  configlib.validate(config)
+  if mode not in ('train', 'eval', 'train_and_eval'):
+    raise ValueError(f'--mode={mode!r} is not one of train, eval, train_and_eval')
+  states = train(config, workdir) if mode in ('train', 'train_and_eval') else None
+  if mode in ('eval', 'train_and_eval'):
+    return evaluate(config, workdir, states)
+  return states

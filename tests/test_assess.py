@@ -1,0 +1,87 @@
+"""gcad_jax/assess.py and gcad_jax/predict.py end to end on a tiny random GCAD (GCAD.md §8, §11.8–9)."""
+
+import importlib.util
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+
+from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, scoring
+from tfds_loco import layout
+import test_scoring
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+
+
+def _split(cat_dir, split, size):
+  records = layout.list_split(cat_dir, split)
+  images = [layout.read_rgb_image(r.path) for r in records]
+  noise = np.random.default_rng(len(records))  # the fixture images are flat grey: add texture
+  images = [np.clip(im.astype(int) + noise.integers(-40, 40, im.shape), 0, 255).astype(np.uint8) for im in images]
+  return input_pipeline.SplitData(
+      images=np.concatenate([input_pipeline.resize_uint8(im[None], size, 'bilinear_antialias') for im in images]),
+      image_ids=[r.image_id for r in records], labels=np.array([layout.KINDS.index(r.kind) for r in records]),
+      original_sizes=np.array([im.shape[:2] for im in images])), images
+
+
+@pytest.fixture(scope='module')
+def assessed(tmp_path_factory):
+  root = tmp_path_factory.mktemp('assess')
+  cat_dir = gen.write_dataset(root / 'dataset')
+  config, nets, weights = test_scoring.tiny_model()
+  config = config.copy_and_resolve_references()
+  config.dataset.manual_dir = str(root / 'dataset')
+  config.dataset.category = gen.CATEGORY
+  config.export.branch_maps = True
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  models = {17: (nets, parallel.replicate(weights, config.parallel, mesh))}
+  test, originals = _split(cat_dir, 'test', (64, 64))
+  val = input_pipeline.SplitData(test.images[:6], test.image_ids[:6], test.labels[:6], test.original_sizes[:6])
+  with pytest.warns(evaluate.EvaluationWarning):
+    out = assess.run(config, root / 'w', models, mesh, step=3, val_data=val, test_data=test)
+  return config, models, mesh, root / 'w', cat_dir, out, test, originals
+
+
+def test_eval_writes_maps_metrics_report_and_image_score_is_the_tiff_max(assessed):
+  config, _, _, workdir, cat_dir, out, test, _ = assessed
+  metrics = json.loads((workdir / 'metrics.json').read_text())
+  assert set(metrics['variants']) == {'local', 'global'} and metrics['gcad_jax']['step'] == 3
+  assert (workdir / 'report.md').is_file() and (workdir / scoring.NORM_FILE).is_file()
+  for folder in ('anomaly_maps', 'anomaly_maps_local', 'anomaly_maps_global'):
+    assert export.is_complete(workdir / folder)
+  again = evaluate.evaluate_category(cat_dir, workdir / 'anomaly_maps' / gen.CATEGORY, num_workers=1,
+                                     per_defect_type=False)
+  assert again['localization']['auc_spro'] == metrics['localization']['auc_spro']
+  scores = export.read_marker(workdir / 'anomaly_maps')['image_scores']
+  for image_id in test.image_ids[:4]:
+    tiff = tifffile.imread(workdir / 'anomaly_maps' / gen.CATEGORY / f'{image_id}.tiff')
+    assert tiff.shape == (gen.HEIGHT, gen.WIDTH)  # the original size, not the network's 64²
+    assert scores[image_id] == float(tiff.max())
+
+
+def test_validation_maps_normalise_to_mean_0_std_1(assessed):
+  config, models, mesh, workdir, _, _, test, _ = assessed
+  stats = scoring.load_norm_stats(workdir)
+  nets, state = models[17]
+  a_loc, a_glo = scoring.branch_maps(config, nets, state, test.images[:6], mesh)
+  v = scoring.scale_variants(a_loc, a_glo, stats[17])
+  for name in ('local', 'global'):
+    assert abs(float(v[name].mean())) < 1e-3 and abs(float(v[name].std()) - 1) < 1e-3
+
+
+def test_predict_api_gives_the_exported_maps_for_any_batch_size(assessed):
+  config, models, mesh, workdir, _, _, test, originals = assessed
+  model = predict.Model(config, models, scoring.load_norm_stats(workdir), mesh)
+  maps, scores = model.score(originals[:3])  # 3 images on 2 devices: padded and masked
+  for image_id, m, s in zip(test.image_ids[:3], maps, scores):
+    tiff = tifffile.imread(workdir / 'anomaly_maps' / gen.CATEGORY / f'{image_id}.tiff')
+    np.testing.assert_allclose(m, tiff, rtol=1e-5, atol=1e-5)
+    assert s == float(m.max())
+  with pytest.raises(ValueError, match='uint8'):
+    model.score([np.zeros((8, 8), np.float32)])

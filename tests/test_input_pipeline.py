@@ -1,0 +1,121 @@
+"""Input pipeline: resize, normalisation, augmentation (GCAD.md §7.4) and deterministic epochs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcad_jax import configlib
+from gcad_jax import input_pipeline as ip
+
+
+def _images(batch=4, height=32, width=48, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (batch, height, width, 3), dtype=np.uint8)
+
+
+def test_resize_shapes_and_constant_image():
+  images = np.full((2, 50, 70, 3), 0.25, np.float32)
+  out = ip.resize(images, (16, 24))
+  assert out.shape == (2, 16, 24, 3)
+  np.testing.assert_allclose(np.asarray(out), 0.25, atol=1e-6)
+  # 2-D maps (no channel axis) upsample to the original size, e.g. anomaly maps.
+  maps = ip.resize(np.zeros((3, 8, 8), np.float32), (20, 30))
+  assert maps.shape == (3, 20, 30)
+
+
+def test_resize_upsampling_uses_half_pixel_centres():
+  ramp = np.arange(4, dtype=np.float32)[None, :].repeat(2, 0)
+  out = np.asarray(ip.resize(ramp, (2, 8)))
+  # Half-pixel centres: output x maps to input (x + 0.5) / 2 - 0.5, clamped at the edges.
+  np.testing.assert_allclose(out[0], [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3], atol=1e-6)
+
+
+def test_antialias_averages_when_shrinking():
+  checker = (np.indices((64, 64)).sum(0) % 2).astype(np.float32)
+  smooth = np.asarray(ip.resize(checker, (8, 8), 'bilinear_antialias'))
+  np.testing.assert_allclose(smooth, 0.5, atol=0.02)
+
+
+def test_resize_uint8_chunks_match_one_pass():
+  images = _images(batch=5, height=40, width=30)
+  a = ip.resize_uint8(images, (16, 16), 'bilinear_antialias', chunk=2)
+  b = ip.resize_uint8(images, (16, 16), 'bilinear_antialias', chunk=16)
+  assert a.dtype == np.uint8 and a.shape == (5, 16, 16, 3)
+  np.testing.assert_array_equal(a, b)
+
+
+def test_normalize_maps_imagenet_mean_to_zero():
+  mean = jnp.asarray(ip.IMAGENET_MEAN)[None, None, None]
+  np.testing.assert_allclose(np.asarray(ip.normalize(jnp.broadcast_to(mean, (1, 2, 2, 3)))), 0, atol=1e-6)
+
+
+def test_augment_identity_when_everything_is_off():
+  images = jnp.asarray(_images()) / 255.0
+  out = ip.augment(jax.random.key(0), images, hflip=False, vflip=False, rotate_deg=0.0, jitter=0.0)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(images))
+
+
+def test_flip_with_probability_one_mirrors_every_image():
+  images = jnp.asarray(_images()) / 255.0
+  out = ip.augment(jax.random.key(0), images, hflip=True, vflip=False, flip_prob=1.0, rotate_deg=0.0, jitter=0.0)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(images)[:, :, ::-1])
+  out = ip.augment(jax.random.key(0), images, hflip=False, vflip=True, flip_prob=1.0, rotate_deg=0.0, jitter=0.0)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(images)[:, ::-1])
+
+
+def test_small_rotation_keeps_the_centre_and_edge_fill_leaves_no_black_corners():
+  images = jnp.ones((2, 33, 33, 3)) * 0.7
+  out = np.asarray(ip.augment(jax.random.key(1), images, hflip=False, vflip=False, rotate_deg=3.0, jitter=0.0))
+  np.testing.assert_allclose(out, 0.7, atol=1e-5)  # Edge replication: a constant image stays constant.
+  ramp = jnp.broadcast_to(jnp.linspace(0, 1, 33)[None, :, None, None], (1, 33, 33, 1)).repeat(3, -1)
+  rotated = np.asarray(ip._rotate(ramp[0], jnp.deg2rad(3.0), 'edge'))
+  assert abs(rotated[16, 16, 0] - float(ramp[0, 16, 16, 0])) < 1e-5
+  assert not np.allclose(rotated, np.asarray(ramp[0]))
+
+
+def test_jitter_stays_in_range_and_is_deterministic_per_key():
+  images = jnp.asarray(_images()) / 255.0
+  a = ip.augment(jax.random.key(3), images, hflip=True, vflip=True, rotate_deg=3.0, jitter=0.2)
+  b = ip.augment(jax.random.key(3), images, hflip=True, vflip=True, rotate_deg=3.0, jitter=0.2)
+  c = ip.augment(jax.random.key(4), images, hflip=True, vflip=True, rotate_deg=3.0, jitter=0.2)
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(a), np.asarray(c))
+  assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+
+
+def test_preprocess_follows_the_category_flip_table():
+  config = configlib.base_config()
+  config.dataset.category = 'breakfast_box'  # No flips (GCAD.md §7.4): layout is fixed.
+  config.augment.rotate_deg = 0.0
+  config.augment.jitter = 0.0
+  config.augment.flip_prob = 1.0
+  images = jnp.asarray(_images())
+  plain = ip.preprocess(jax.random.key(0), images, config, train=False)
+  np.testing.assert_array_equal(np.asarray(ip.preprocess(jax.random.key(0), images, config, train=True)),
+                                np.asarray(plain))
+  config.dataset.category = 'pushpins'  # Both flips.
+  flipped = ip.preprocess(jax.random.key(0), images, config, train=True)
+  np.testing.assert_allclose(np.asarray(flipped), np.asarray(plain)[:, ::-1, ::-1], atol=1e-6)
+
+
+def test_epoch_batches_are_deterministic_and_partition_over_processes():
+  a = ip.epoch_batches(50, 8, seed=1, epoch=3)
+  assert all(np.array_equal(x, y) for x, y in zip(a, ip.epoch_batches(50, 8, seed=1, epoch=3)))
+  assert len(a) == 6 and all(len(b) == 8 for b in a)
+  assert len(np.unique(np.concatenate(a))) == 48  # drop_last drops 2; no image twice.
+  other = ip.epoch_batches(50, 8, seed=1, epoch=4)
+  assert not all(np.array_equal(x, y) for x, y in zip(a, other))
+  halves = [ip.epoch_batches(50, 8, seed=1, epoch=3, process_index=i, process_count=2) for i in range(2)]
+  for step, whole in enumerate(a):
+    np.testing.assert_array_equal(np.concatenate([halves[0][step], halves[1][step]]), whole)
+
+
+def test_epoch_batches_without_drop_last_fill_the_last_batch():
+  batches = ip.epoch_batches(10, 4, seed=0, epoch=0, drop_last=False)
+  assert [len(b) for b in batches] == [4, 4, 4]
+  assert set(np.concatenate(batches)) == set(range(10))
+
+
+def test_too_few_images_for_one_batch_is_a_clear_error():
+  with pytest.raises(ValueError, match='batch_size'):
+    ip.steps_per_epoch(5, 8, drop_last=True)

@@ -1,0 +1,231 @@
+"""gcad_jax/train.py: optimiser, train step, staging, device invariance, checkpoints (GCAD.md §7, §11.5–6, §13)."""
+
+import functools
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from gcad_jax import configlib, parallel, train
+import train_worker
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ROOT / 'configs' / 'tiny.py'
+# The step tests: augmentation on, skips already faded, a larger learning rate so one step shows.
+STEP_OVERRIDES = {'optim.learning_rate': 1e-3}
+
+
+def _count(opt_state) -> int:
+  return int(optax.tree_utils.tree_get(opt_state, 'count'))
+
+
+def _assert_trees_equal(a, b, atol=0.0, rtol=0.0):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    if atol or rtol:
+      np.testing.assert_allclose(x, y, rtol=rtol, atol=atol)
+    else:
+      np.testing.assert_array_equal(x, y)
+
+
+def _assert_trees_close(a, b, rel):
+  """|a − b| ≤ rel · max|a|, leaf by leaf (a tolerance on the scale of each array)."""
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=0, atol=rel * float(np.abs(x).max()))
+
+
+def test_optimizer_is_pytorch_style_coupled_decay_adam():
+  """GCAD.md §11.6: chain(add_decayed_weights, adam) = torch.optim.Adam(weight_decay=wd), two steps by hand."""
+  config = configlib.base_config()
+  lr, wd, b1, b2, eps = 1e-4, 1e-5, 0.9, 0.999, 1e-8
+  params = {'w': np.array([0.5, -1.5, 2.0], np.float32)}
+  grads = [np.array([0.1, -0.2, 1e-6], np.float32), np.array([-0.3, 0.05, 0.0], np.float32)]
+  tx = train.make_optimizer(config)
+  state, p = tx.init(params), params
+  expected, m, v = params['w'].astype(np.float64), 0.0, 0.0
+  for t, g in enumerate(grads, start=1):
+    updates, state = tx.update({'w': g}, state, p)
+    p = optax.apply_updates(p, updates)
+    g = g + wd * expected  # PyTorch adds the decay to the gradient, before the moments.
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    expected = expected - lr * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+  np.testing.assert_allclose(p['w'], expected, rtol=1e-6)
+
+
+@functools.lru_cache(maxsize=None)
+def _setup():
+  """Tiny nets, a stage-1 host state with E_loc statistics, and a fixed uint8 batch of 8."""
+  config = train_worker.load_config(TINY, STEP_OVERRIDES)
+  nets, trainable, e_loc_params = train._init(config, 17, (64, 64))
+  images = train_worker.fake_split(config, 'train').images[:8]
+  mesh1 = parallel.make_mesh(jax.devices()[:1])
+  stats = train.compute_eloc_stats(config, nets, e_loc_params, images, mesh1)
+  state = train.create_train_state(config, trainable, e_loc_params, stats)
+  return config, nets, jax.device_get(state), images
+
+
+@functools.lru_cache(maxsize=None)
+def _step_fn(num_devices: int, mode: str, with_glo: bool):
+  config, nets, _, _ = _setup()
+  fn = functools.partial(train.train_step, nets=nets, config=config, steps_per_epoch=2, with_glo=with_glo)
+  return parallel.map_per_device(fn, mode, parallel.make_mesh(jax.devices()[:num_devices]))
+
+
+def _run(state, steps: int, num_devices: int = 1, mode: str = 'shard_map', with_glo: bool = True):
+  """`steps` train steps on the fixed batch; returns (host state, [host metrics])."""
+  config, _, _, images = _setup()
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  state, metrics = parallel.replicate(state, mode, mesh), []
+  for _ in range(steps):
+    state, m = _step_fn(num_devices, mode, with_glo)(state, parallel.shard_batch(images, mode, mesh))
+    metrics.append(parallel.unreplicate(m, mode))
+  return parallel.unreplicate(state, mode), metrics
+
+
+def test_eloc_statistics_standardise_the_training_features():
+  """GCAD.md §11.7: with the streamed μ, σ the training features have per-channel mean ≈ 0, std ≈ 1."""
+  config, nets, state, images = _setup()
+  x = train.input_pipeline.preprocess(None, images, config, False)
+  f = np.asarray(train.gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x))
+  np.testing.assert_allclose(f.mean(axis=(0, 1, 2)), 0.0, atol=1e-3)
+  np.testing.assert_allclose(f.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
+
+
+def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
+  config, _, state, _ = _setup()
+  state = train.start_rglo(config, state)
+  after, (first,) = _run(state, 1)
+  _, (again,) = _run(after.replace(step=state.step), 1)  # Same step: same augmentation and skip weights.
+  for key in ('total', 'l_loc', 'l_kd', 'l_glo'):
+    assert again[key] < first[key], (key, first[key], again[key])
+
+
+def test_rglo_and_its_optimiser_state_untouched_before_the_switch_then_updated():
+  """GCAD.md §7.3, §11.5: stage 1 leaves R_glo alone and has no R_glo optimiser state; stage 2 starts it."""
+  config, _, state, _ = _setup()
+  stage1, metrics = _run(state, 2, with_glo=False)
+  assert stage1.opt_state_rglo is None and _count(stage1.opt_state_main) == 2
+  _assert_trees_equal(stage1.params['r_glo'], state.params['r_glo'])
+  assert all(m['l_glo'] == 0 for m in metrics)
+  for net in train.MAIN:
+    assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(stage1.params[net]),
+                                              jax.tree.leaves(state.params[net]))), net
+  stage2, metrics = _run(train.start_rglo(config, stage1), 1)
+  assert _count(stage2.opt_state_rglo) == 1 and _count(stage2.opt_state_main) == 3
+  assert metrics[0]['l_glo'] > 0
+  assert all(np.any(a != b) for a, b in zip(jax.tree.leaves(stage2.params['r_glo']),
+                                            jax.tree.leaves(state.params['r_glo'])))
+
+
+def test_same_steps_on_1_and_8_devices_and_with_pmap_give_the_same_parameters():
+  """Augmentation on (keys per global example), two stage-2 steps: 1 device, 8 devices (shard_map), 8
+  devices (pmap). Only the order of the batch reductions differs: parameters agree to 1e-6 (absolute),
+  Adam moments to 1e-5 of each array's largest value."""
+  config, _, state, _ = _setup()
+  state = train.start_rglo(config, state)
+  one, _ = _run(state, 2, num_devices=1)
+  eight, _ = _run(state, 2, num_devices=8)
+  pmapped, _ = _run(state, 2, num_devices=8, mode='pmap')
+  _assert_trees_equal(one.params, eight.params, atol=1e-6)
+  _assert_trees_equal(eight.params, pmapped.params, atol=1e-6)
+  _assert_trees_close(one.opt_state_rglo, pmapped.opt_state_rglo, rel=1e-5)
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('train.epochs', -1, r'config\.train\.epochs: -1 must be > 0'),
+    ('model.scales', (17, 21), r'config\.model\.scales: receptive field 21 is not one of \(17, 33\)'),
+    ('train.checkpoint_every_steps', 0, r'config\.train\.checkpoint_every_steps'),
+    ('parallel', 'pjit', r'config\.parallel'),
+])
+def test_config_validation_names_the_key(key, value, message):
+  config = train_worker.load_config(TINY)
+  *sections, name = key.split('.')
+  target = config
+  for section in sections:
+    target = target[section]
+  target[name] = value
+  with pytest.raises(configlib.ConfigError, match=message):
+    configlib.validate(config)
+
+
+def test_batch_that_the_devices_cannot_split_is_refused_before_training(tmp_path):
+  config = train_worker.load_config(TINY, {'train.batch_size': 12})
+  with pytest.raises(configlib.ConfigError, match=r'config\.train\.batch_size: 12 is not divisible by the 8'):
+    train.train(config, tmp_path)
+  assert not any(tmp_path.iterdir())
+
+
+def test_loco_config_requires_manual_dir():
+  config = train_worker.load_config(ROOT / 'configs' / 'loco.py')
+  with pytest.raises(configlib.ConfigError, match=r'config\.dataset\.manual_dir: is required'):
+    configlib.validate(config)
+  config.dataset.manual_dir = '/data/mvtec_loco'
+  configlib.validate(config)
+
+
+def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float) -> None:
+  deadline = time.time() + timeout
+  while not path.exists():
+    if proc.poll() is not None:
+      pytest.fail(f'the run ended (rc {proc.returncode}) before {path} appeared:\n{proc.stdout.read()[-3000:]}')
+    if time.time() > deadline:
+      proc.kill()
+      pytest.fail(f'{path} did not appear within {timeout} s')
+    time.sleep(0.1)
+
+
+def test_kill_after_a_checkpoint_and_restart_gives_the_uninterrupted_run(tmp_path, monkeypatch):
+  """A real `gcad_jax.main` subprocess, SIGKILLed after its step-4 checkpoint (after the stage switch at
+  step 2), then restarted with the same command, ends bitwise equal to an uninterrupted run (CPU, 8 devices)."""
+  config = train_worker.load_config(TINY)
+  monkeypatch.setattr(train.input_pipeline, 'load_split', train_worker.fake_split)
+  reference = parallel.unreplicate(train.train(config, tmp_path / 'ref')[17], config.parallel)
+  assert int(reference.step) == 6
+  assert _count(reference.opt_state_main) == 6 and _count(reference.opt_state_rglo) == 4  # R_glo from step 2
+  saved = json.loads((tmp_path / 'ref' / 'config.json').read_text())
+  assert saved['train']['epochs'] == 3 and saved['model']['scales'] == [17]
+  info = json.loads((tmp_path / 'ref' / 'provenance.json').read_text())
+  assert info['device_count'] == 8 and info['seed'] == 0 and info['train_wall_s'] > 0
+  assert list((tmp_path / 'ref' / 'p17').glob('events.out.tfevents.*'))
+
+  workdir = tmp_path / 'run'
+  command = [sys.executable, str(ROOT / 'tests' / 'train_worker.py'), f'--config={TINY}', f'--workdir={workdir}',
+             '--mode=train']
+  env = dict(os.environ, **train_worker.cache_env())
+  first = subprocess.Popen(command, env=dict(env, GCAD_TEST_PAUSE_AT='4'), cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  _wait_for(workdir / 'paused', first, timeout=240)
+  first.send_signal(signal.SIGKILL)
+  first.communicate(timeout=60)
+  assert first.returncode == -signal.SIGKILL
+  assert sorted(int(p.name) for p in (workdir / 'p17' / 'checkpoints').iterdir() if p.name.isdigit()) == [2, 4]
+
+  second = subprocess.run(command, env=env, cwd=ROOT, text=True, capture_output=True, timeout=300)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'resumed from' in second.stderr and 'at step 4 (epoch 2, batch 0)' in second.stderr
+  resumed = train_worker.restore_final(config, workdir, 17)
+  _assert_trees_equal(resumed, reference)
+
+  # --mode=eval: validation losses from the latest checkpoint (the fake data have no test split to score).
+  config.score.enabled = False
+  losses = train.train_and_evaluate(config, str(workdir), mode='eval')[17]
+  assert losses['step'] == 6 and losses['num_images'] == 5
+  written = json.loads((workdir / 'p17' / 'validation_losses.json').read_text())
+  assert written['total'] == pytest.approx(written['l_loc'] + written['l_kd'] + written['l_glo'], rel=1e-5)
+
+  # A config that builds other shapes is refused, naming what differs.
+  saved_config = (workdir / 'config.json').read_text()
+  other = train_worker.load_config(TINY, {'unet.wf': 4})
+  with pytest.raises(ValueError, match=r"other shapes.*config sections that differ: \['unet'\]"):
+    train.train(other, workdir)
+  assert (workdir / 'config.json').read_text() == saved_config  # Refused before writing anything.

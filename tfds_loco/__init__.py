@@ -1,0 +1,1 @@
+"""TFDS support for MVTec LOCO AD and LOCO-layout data sets (real, synthetic, or a user's own product)."""

@@ -1,0 +1,124 @@
+r"""Builds one MVTec LOCO AD category (or any folder in its layout) as a TFDS data set, without Beam.
+
+  python -m tfds_loco.build --category pushpins --manual_dir ~/data/mvtec_loco \
+      --data_dir ~/tensorflow_datasets [--overwrite]
+
+The whole category is checked first (LOCO_FORMAT.md §2–§6); a bad input ends with a one-line error
+naming the file and nothing written. Reading it back: `tfds.builder('mvtec_loco/<category>',
+data_dir=...).as_data_source('test')` after `import tfds_loco.mvtec_loco`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import sys
+import time
+from typing import Any, Sequence
+
+from etils import epath
+import tensorflow_datasets as tfds
+
+from tfds_loco import layout
+from tfds_loco import mvtec_loco
+
+
+def build(category: str, manual_dir: epath.PathLike | None = None, data_dir: epath.PathLike | None = None,
+          overwrite: bool = False, *, quiet: bool = False) -> tfds.core.DatasetBuilder:
+  """Checks and builds `category` from manual_dir into data_dir; reuses a built one unless overwrite.
+
+  data_dir None is TFDS's default; manual_dir None is TFDS's default (<data_dir>/downloads/manual),
+  which is enough when the data set is already built. quiet silences TFDS's prints and progress bars.
+  Raises layout.LocoFormatError (naming the file) on bad input; nothing is written then, and an
+  existing data set is kept.
+  """
+  builder = mvtec_loco.builder_for(category, manual_dir=manual_dir, data_dir=data_dir)
+  mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  with contextlib.ExitStack() as stack:
+    if quiet:
+      sink = stack.enter_context(io.StringIO())
+      stack.enter_context(contextlib.redirect_stdout(sink))
+      stack.enter_context(contextlib.redirect_stderr(sink))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
+  return builder
+
+
+class _KeepBytes(tfds.decode.SkipDecoding):
+  """SkipDecoding that also works inside a Sequence with as_data_source (TFDS 4.9 lacks the batch case)."""
+
+  def decode_batch_example_np(self, serialized_examples):
+    return serialized_examples
+
+
+def summarize(builder: tfds.core.DatasetBuilder) -> dict[str, Any]:
+  """Counts read back from the built files: examples per split and label, channels, image sizes."""
+  labels = builder.info.features['label'].names
+  skip = {'image': _KeepBytes(), 'masks': {'mask': _KeepBytes()}}  # counts only: no pixel decoding
+  splits, sizes = {}, collections.Counter()
+  for split in builder.info.splits:
+    source = builder.as_data_source(split, decoders=skip)
+    per_label, channels = collections.Counter(), collections.Counter()
+    for i in range(len(source)):
+      example = source[i]
+      label = labels[int(example['label'])]
+      per_label[label] += 1
+      channels[label] += len(example['masks']['pixel_value'])
+      header = layout.parse_png_header(example['image'][:33], example['image_id'])
+      sizes[(header.width, header.height)] += 1
+    splits[split] = {'examples': len(source), 'labels': dict(per_label), 'channels': dict(channels)}
+  return {'name': builder.info.full_name, 'data_dir': str(builder.data_dir),
+          'file_format': str(builder.info.file_format.value), 'splits': splits,
+          'image_sizes': dict(sizes),
+          'defect_types': len(builder.info.metadata.get('defects_config', []))}
+
+
+def format_summary(summary: dict[str, Any], seconds: float | None = None) -> str:
+  lines = [f"{summary['name']}: {summary['defect_types']} defect types"]
+  for split, s in summary['splits'].items():
+    labels = ', '.join(f'{k} {v}' for k, v in s['labels'].items())
+    channels = ', '.join(f'{k} {v}' for k, v in s['channels'].items() if v)
+    lines.append(f"  {split:<10} {s['examples']:>5} examples ({labels})"
+                 + (f'; mask channels: {channels}' if channels else ''))
+  sizes = ', '.join(f'{w}x{h} ({n})' for (w, h), n in summary['image_sizes'].items())
+  lines.append(f'  image size (WxH): {sizes}')
+  if seconds is not None:
+    lines.append(f'  build time: {seconds:.1f} s')
+  lines.append(f"  written to: {summary['data_dir']} ({summary['file_format']})")
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--category', required=True,
+                      help='category folder name, e.g. pushpins, synthetic_tray or your own')
+  parser.add_argument('--manual_dir', required=True,
+                      help=f'folder holding the category folders, or {mvtec_loco.ARCHIVE_NAME}')
+  parser.add_argument('--data_dir', required=True, help='TFDS data_dir to write into')
+  parser.add_argument('--overwrite', action='store_true', help='rebuild if already built')
+  args = parser.parse_args(argv)
+  try:
+    existing = mvtec_loco.builder_for(args.category, data_dir=args.data_dir)
+    if existing.data_path.exists() and not args.overwrite:
+      print(f'{existing.info.full_name} is already built in {existing.data_dir}; '
+            'pass --overwrite to rebuild it')
+      seconds = None
+    else:
+      print(f'Checking and building {args.category} from {args.manual_dir} into {args.data_dir} ...',
+            flush=True)
+      start = time.monotonic()
+      existing = build(args.category, args.manual_dir, args.data_dir, overwrite=args.overwrite)
+      seconds = time.monotonic() - start
+    print(format_summary(summarize(existing), seconds))
+  except (layout.LocoFormatError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
