@@ -3,7 +3,7 @@
 #
 #   ./run.sh demo            set up .venv on first use, then run the main job on the embedded synthetic data
 #   ./run.sh test [ARGS]     set up .venv on first use, then run the whole test suite (ARGS go to pytest)
-#   ./run.sh loco MANUAL_DIR [WORKDIR] [--seeds 0,1,2]   the paper protocol on the real MVTec LOCO AD data
+#   ./run.sh loco MANUAL_DIR [WORKDIR] [--seeds 0,1,2]   the paper protocol on the real MVTec LOCO AD data (--help)
 #   ./run.sh bench [ARGS]    the benchmark (python -m gcad_jax.bench)
 #
 # Environment: GCAD_VENV overrides the virtual environment's folder (default .venv in the checkout; with
@@ -64,7 +64,6 @@ case "$cmd" in
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   loco)
-    require_module gcad_jax/loco_protocol.py "the paper protocol over all categories"
     ensure_venv test
     exec "$VENV/bin/python" -m gcad_jax.loco_protocol "$@"
     ;;

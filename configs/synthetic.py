@@ -22,6 +22,7 @@ def get_config(category: str = ''):
   config.model.scales = (17,)
   config.eloc.widths = (32, 64, 64)
   config.eloc.d_loc = 32
+  config.teacher.init = 'random'
   config.eglo.g = 16
   config.eglo.d_glo = 8
   config.eglo.enc_channels = (16, 16, 32, 32, 32, 32)

@@ -18,6 +18,7 @@ def get_config():
   config.model.scales = (17,)
   config.eloc.widths = (16, 16, 16)
   config.eloc.d_loc = 16
+  config.teacher.init = 'random'  # the shipped teachers have the paper's widths
   config.eglo.g = 8
   config.eglo.d_glo = 4
   config.eglo.enc_channels = (8, 8, 8, 8, 8, 8)

@@ -87,8 +87,8 @@ def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_d
   lap('report')
   seconds['total'] = round(time.perf_counter() - t0, 2)
   _say('AUC-sPRO@0.05 structural %.3f logical %.3f mean %.3f; AUROC structural %.3f logical %.3f mean %.3f',
-       *(h['spro'][k] or float('nan') for k in ('structural', 'logical', 'mean')),
-       *(h['auroc'][k] or float('nan') for k in ('structural', 'logical', 'mean')))
+       *(float('nan') if h['spro'][k] is None else h['spro'][k] for k in ('structural', 'logical', 'mean')),
+       *(float('nan') if h['auroc'][k] is None else h['auroc'][k] for k in ('structural', 'logical', 'mean')))
   _say('report: %s (%.1f s: %s)', path, seconds['total'], seconds)
   return {'metrics': metrics, 'report': str(path), 'maps_dir': exported['combined']['root'], 'headline': h,
           'seconds': seconds}

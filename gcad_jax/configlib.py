@@ -20,7 +20,9 @@ CATEGORY_FLIPS = {
 }
 
 REAL_CATEGORIES = tuple(CATEGORY_FLIPS)
+SYNTHETIC_CATEGORIES = ('synthetic_tray', 'synthetic_grid', 'synthetic_connectors')  # tfds_loco.synthetic
 RECEPTIVE_FIELDS = (17, 33)
+SHIPPED_TEACHER_WIDTHS = (128, 256, 256)  # gcad_jax/weights/MODEL_CARD.md
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,8 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.eloc.stats = 'per_channel'  # GCAD.md §12 #11
 
   config.teacher = ml_collections.ConfigDict()
-  # 'shipped' (package weights, when they exist), 'random' (ablation), or a path to a teacher checkpoint.
-  config.teacher.init = 'random'
+  # 'shipped' (gcad_jax/weights, GCAD.md §3.5; needs the paper's eloc.widths and d_loc), 'random'
+  # (ablation), or a path to a teacher file (.msgpack from gcad_jax.distill).
+  config.teacher.init = 'shipped'
 
   config.eglo = ml_collections.ConfigDict()
   config.eglo.g = 32
@@ -168,12 +171,41 @@ def _one_of(config, key: str, choices) -> None:
   _require(value in choices, key, f'{value!r} is not one of {list(choices)}')
 
 
+def _keys(config, prefix: str = '') -> set[str]:
+  out = set()
+  for key, value in config.items():
+    out |= _keys(value, f'{prefix}{key}.') if isinstance(value, ml_collections.ConfigDict) else {prefix + key}
+  return out
+
+
+def _check_category(config) -> None:
+  """A known category, a folder with a defects_config.json under manual_dir, or one TFDS already built."""
+  category = config.dataset.category
+  if category in REAL_CATEGORIES + SYNTHETIC_CATEGORIES:
+    return
+  import os  # pylint: disable=g-import-not-at-top
+  from tfds_loco import layout  # pylint: disable=g-import-not-at-top
+  found = {}
+  if config.dataset.manual_dir and os.path.isdir(config.dataset.manual_dir):
+    found = layout.find_categories(config.dataset.manual_dir)
+  data_dir = config.dataset.data_dir or os.path.expanduser('~/tensorflow_datasets')
+  built = os.path.isdir(os.path.join(data_dir, 'mvtec_loco', category))
+  _require(category in found or built, 'dataset.category',
+           f'{category!r} is neither an MVTec LOCO category {list(REAL_CATEGORIES)}, nor a synthetic one, nor a '
+           f'folder with a defects_config.json under config.dataset.manual_dir={config.dataset.manual_dir!r} '
+           f'(found there: {sorted(found) or "none"}), nor built in {data_dir}')
+
+
 def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Refuses out-of-range values before any work (issue: bad inputs), naming the key."""
+  """Refuses unknown keys and out-of-range values before any work (issue 7: bad inputs), naming the key."""
+  unknown = sorted(_keys(config) - _keys(base_config()) - _keys(teacher_distill_config(17)))
+  _require(not unknown, unknown[0] if unknown else '',
+           f'is not a config field (unknown: {unknown}); see gcad_jax/configlib.base_config for the fields')
   _one_of(config, 'parallel', ('shard_map', 'pmap'))
   _require(config.dataset.manual_dir is not None, 'dataset.manual_dir',
            'is required: the LOCO-layout folder that holds the category folders '
            '(--config.dataset.manual_dir=/path/to/mvtec_loco_anomaly_detection)')
+  _check_category(config)
   height, width = config.dataset.image_size
   _require(height > 0 and width > 0 and height % 64 == 0 and width % 64 == 0, 'dataset.image_size',
            f'{tuple(config.dataset.image_size)} must be positive multiples of 64 (E_glo halves it six times)')
@@ -199,6 +231,11 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _require(config.train[key] >= 1, f'train.{key}', f'{config.train[key]} must be >= 1')
   _require(not (config.train.cache_eloc and config.augment.enabled), 'train.cache_eloc',
            'E_loc features cannot be cached while augmentation is on; set config.augment.enabled=False')
+  if config.teacher.init == 'shipped':
+    _require(tuple(config.eloc.widths) == SHIPPED_TEACHER_WIDTHS and config.eloc.d_loc == 128, 'teacher.init',
+             f"'shipped' teachers have eloc.widths={SHIPPED_TEACHER_WIDTHS} and eloc.d_loc=128, this config "
+             f'{tuple(config.eloc.widths)} and {config.eloc.d_loc}; use those, or teacher.init=random '
+             '(ablation) or a path to a teacher file of these widths')
   _require(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be > 0')
   _require(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0')
   _one_of(config, 'score.norm', ('scalar', 'per_pixel'))

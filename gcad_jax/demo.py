@@ -44,6 +44,9 @@ def main(argv=None) -> int:
   parser.add_argument('--epochs', type=int, default=None, help='override config.train.epochs')
   args = parser.parse_args(argv)
 
+  from gcad_jax import xla_cpu
+
+  xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
   from absl import logging
 
   from tfds_loco import build as tfds_build

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gcad_jax import input_pipeline
+from gcad_jax import atomic_io, input_pipeline
 from gcad_jax.models import layers, teacher, teacher_weights
 
 TARGETS = {'efficientnet_lite0': 1280, 'resnet18': 512}
@@ -342,7 +342,7 @@ def distill_settings(s: DistillSettings, workdir: str | os.PathLike, log: Callab
       if old.get(k) != record[k]:
         raise ValueError(f'distill: {workdir} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; use '
                          'another --workdir or the same settings')
-  settings_file.write_text(json.dumps(record, indent=2))
+  atomic_io.write_text(settings_file, json.dumps(record, indent=2))
 
   bank = load_image_bank(s.image_dir, s.imagenet_resize, s.cache_dir, log)
   if int(bank.shapes.min()) < s.p:
@@ -398,7 +398,7 @@ def distill_settings(s: DistillSettings, workdir: str | os.PathLike, log: Callab
           'images': len(bank), 'image_dir': os.path.basename(os.path.normpath(s.image_dir))}
   out = workdir / f'teacher_p{s.p}.msgpack'
   teacher_weights.save_teacher_params(out, params['teacher'], s.p, meta)
-  (workdir / 'summary.json').write_text(json.dumps(meta, indent=2))
+  atomic_io.write_text(workdir / 'summary.json', json.dumps(meta, indent=2))
   log(f'distill: stopped ({reason}) at iteration {step}; teacher exported to {out}; {json.dumps(meta)}')
   return {'step': step, 'params': params, 'history': history, 'meta': meta}
 

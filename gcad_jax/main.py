@@ -10,7 +10,7 @@ import logging as std_logging
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gcad_jax import configlib, parallel, train
+from gcad_jax import configlib, parallel, train, xla_cpu
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (see configs/).', lock_config=True)
@@ -29,6 +29,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
+  xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
   if FLAGS.mode == 'distill':  # teacher pretraining (GCAD.md §3.5); needs only config.teacher and config.eloc
     from gcad_jax import distill  # pylint: disable=g-import-not-at-top
     distill.distill(FLAGS.config, FLAGS.workdir)

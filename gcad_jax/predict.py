@@ -3,12 +3,18 @@
   python -m gcad_jax.predict --workdir W --images DIR --out OUT
 
 writes OUT/maps/<stem>.tiff (2-D float32 at the image's size), OUT/overlays/<stem>.png and OUT/scores.csv
-(image, score = map maximum). Python:
+(image, score = map maximum, GCAD.md §8 step 6; with a threshold also threshold and anomalous = score >
+threshold). Python:
 
   model = gcad_jax.predict.load(W)          # or gcad_jax.load(W)
   maps, scores = model.score(images)        # uint8 H×W×3 images (a list, sizes may differ, or an array)
+  model.validation_threshold()              # {'threshold': ..., ...}, also saved as W/threshold.json
 
-Uses W/config.json, each scale's latest checkpoint and W/score_norm.json (written by --mode=eval).
+Uses W/config.json, each scale's latest checkpoint and W/score_norm.json (written by --mode=eval). The
+threshold (--threshold auto, the default) is W/threshold.json, else chosen on the validation images of the
+workdir's data set (all good, GCAD.md §8 step 2's images): the --threshold_quantile of their image scores,
+1.0 = their maximum (no validation image flagged); without the data set, scores.csv has no threshold.
+Any batch size works: batches the devices do not divide are padded and the padding dropped (scoring.py).
 """
 
 from __future__ import annotations
@@ -17,12 +23,25 @@ import argparse
 import csv
 import dataclasses
 import json
-import os
 import pathlib
 import sys
 from typing import Any, Sequence
 
 import numpy as np
+
+from gcad_jax import atomic_io
+
+
+THRESHOLD_FILE = 'threshold.json'
+
+
+def choose_threshold(validation_scores: Sequence[float], quantile: float = 1.0) -> float:
+  """The image-score threshold: the `quantile` of the (good) validation images' scores; 1.0 = their maximum."""
+  scores = np.asarray(validation_scores, np.float64)
+  if scores.size == 0 or not 0.0 < quantile <= 1.0:
+    raise ValueError(f'need validation scores and a quantile in (0, 1]; got {scores.size} scores, quantile '
+                     f'{quantile}')
+  return float(np.quantile(scores, quantile, method='higher'))
 
 
 @dataclasses.dataclass
@@ -32,10 +51,12 @@ class Model:
   models: dict
   stats: dict
   mesh: Any
+  workdir: pathlib.Path | None = None
+  threshold: dict | None = None  # W/threshold.json: {'threshold', 'quantile', 'num_images', ...}
 
   def score(self, images: Sequence[np.ndarray] | np.ndarray) -> tuple[list[np.ndarray], list[float]]:
     """(maps at each image's own size, image scores = map maxima) of uint8 (H, W, 3) images (§8 steps 1–6)."""
-    from gcad_jax import input_pipeline, scoring  # pylint: disable=g-import-not-at-top
+    from gcad_jax import input_pipeline  # pylint: disable=g-import-not-at-top
     images = [np.asarray(im) for im in images]
     for i, im in enumerate(images):
       if im.ndim != 3 or im.shape[-1] != 3 or im.dtype != np.uint8:
@@ -45,9 +66,26 @@ class Model:
     size = tuple(self.config.dataset.image_size)
     method = self.config.dataset.resize_method
     small = np.concatenate([input_pipeline.resize_uint8(im[None], size, method) for im in images])
+    return self._score_resized(small, [im.shape[:2] for im in images])
+
+  def _score_resized(self, small: np.ndarray, sizes) -> tuple[list[np.ndarray], list[float]]:
+    from gcad_jax import scoring  # pylint: disable=g-import-not-at-top
     fused = scoring.score_images(self.config, self.models, self.stats, small, self.mesh)['combined']
-    maps = [scoring.upsample(m, im.shape[:2]) for m, im in zip(fused, images)]
+    maps = [scoring.upsample(m, s) for m, s in zip(fused, sizes)]
     return maps, [float(m.max()) for m in maps]
+
+  def validation_threshold(self, quantile: float = 1.0, save: bool = True) -> dict:
+    """Chooses the threshold on the validation split of config.dataset (choose_threshold); saves it in W."""
+    from gcad_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+    val = input_pipeline.load_split(self.config, 'validation')
+    _, scores = self._score_resized(val.images, val.original_sizes)
+    self.threshold = {'threshold': choose_threshold(scores, quantile), 'quantile': quantile,
+                      'num_images': len(scores), 'category': self.config.dataset.category,
+                      'rule': 'quantile of the validation image scores (map maxima); 1.0 = their maximum',
+                      'validation_scores': dict(zip(val.image_ids, scores))}
+    if save and self.workdir is not None:
+      atomic_io.write_json(self.workdir / THRESHOLD_FILE, self.threshold, indent=1)
+    return self.threshold
 
 
 def load(workdir, mesh=None) -> Model:
@@ -69,14 +107,16 @@ def load(workdir, mesh=None) -> Model:
   if missing:
     raise ValueError(f'{workdir / scoring.NORM_FILE} has no statistics for scales {sorted(missing)}; rerun '
                      '--mode=eval')
-  return Model(config, models, stats, mesh)
+  threshold_path = workdir / THRESHOLD_FILE
+  threshold = json.loads(threshold_path.read_text()) if threshold_path.is_file() else None
+  return Model(config, models, stats, mesh, workdir, threshold)
 
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff')
 
 
 def _overlay(image: np.ndarray, amap: np.ndarray, path: pathlib.Path, title: str) -> None:
-  from gcad_jax import report  # pylint: disable=g-import-not-at-top
+  from gcad_jax import atomic_io, report  # pylint: disable=g-import-not-at-top
   plt = report._pyplot()  # pylint: disable=protected-access
   fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
   ax.imshow(image)
@@ -85,17 +125,49 @@ def _overlay(image: np.ndarray, amap: np.ndarray, path: pathlib.Path, title: str
   ax.set_title(title, fontsize=8)
   ax.axis('off')
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  with atomic_io.replacing(path) as tmp:  # No half-written overlay under its final name (issue 7).
+    fig.savefig(tmp, dpi=80)
   plt.close(fig)
 
 
+def _threshold(model: Model, how: str, quantile: float) -> tuple[float | None, str]:
+  """(threshold or None, where it came from) for --threshold auto|validation|none|<number>."""
+  if how == 'none':
+    return None, 'none'
+  if how not in ('auto', 'validation'):
+    try:
+      return float(how), 'given'
+    except ValueError:
+      raise ValueError(f'--threshold {how!r}: use auto, validation, none or a number') from None
+  if how == 'auto' and model.threshold is not None:
+    t = model.threshold
+    return float(t['threshold']), f'{model.workdir / THRESHOLD_FILE} (quantile {t.get("quantile")})'
+  try:
+    t = model.validation_threshold(quantile)
+  except Exception as e:  # pylint: disable=broad-except (auto: any missing data means no threshold)
+    if how == 'validation':
+      raise ValueError(f'cannot score the validation images of {model.config.dataset.category}: {e}') from e
+    print(f'note: no threshold: the validation images of {model.config.dataset.category} could not be '
+          f'scored ({type(e).__name__}: {e}); give --threshold NUMBER to set one', file=sys.stderr)
+    return None, 'none'
+  return float(t['threshold']), (f'quantile {quantile} of {t["num_images"]} validation image scores, saved '
+                                 f'in {model.workdir / THRESHOLD_FILE}')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+  from gcad_jax import xla_cpu  # pylint: disable=g-import-not-at-top
+  xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True)
   parser.add_argument('--images', required=True, help='a folder of images (png, jpg, bmp, tif)')
   parser.add_argument('--out', required=True)
   parser.add_argument('--batch', type=int, default=16, help='images scored per call')
+  parser.add_argument('--threshold', default='auto',
+                      help='auto (W/threshold.json, else chosen on the validation images if the data set is '
+                      'there, else none), validation (choose again), none, or a number')
+  parser.add_argument('--threshold_quantile', type=float, default=1.0,
+                      help='quantile of the validation image scores used as threshold (1.0 = their maximum)')
   args = parser.parse_args(argv)
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import tifffile  # pylint: disable=g-import-not-at-top
@@ -105,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
   try:
     model = load(args.workdir)
+    threshold, source = _threshold(model, args.threshold, args.threshold_quantile)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
@@ -117,17 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     images = [np.asarray(Image.open(p).convert('RGB')) for p in chunk]
     maps, scores = model.score(images)
     for p, image, amap, score in zip(chunk, images, maps, scores):
-      tmp = out / 'maps' / f'.{p.stem}.tiff.tmp'
-      tifffile.imwrite(tmp, amap)
-      os.replace(tmp, out / 'maps' / f'{p.stem}.tiff')
+      with atomic_io.replacing(out / 'maps' / f'{p.stem}.tiff') as tmp:
+        tifffile.imwrite(tmp, amap)
       _overlay(image, amap, out / 'overlays' / f'{p.stem}.png', f'{p.name}  score {score:.3f}')
-      rows.append((p.name, score))
+      rows.append((p.name, f'{score:.6g}') if threshold is None else
+                  (p.name, f'{score:.6g}', f'{threshold:.6g}', int(score > threshold)))
     print(f'{min(start + args.batch, len(paths))}/{len(paths)} images', file=sys.stderr)
-  with (out / 'scores.csv').open('w', newline='') as f:
+  with atomic_io.replacing(out / 'scores.csv') as tmp, open(tmp, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['image', 'score'])
-    writer.writerows((name, f'{score:.6g}') for name, score in rows)
-  print(f'wrote {len(rows)} maps, overlays and {out / "scores.csv"}')
+    writer.writerow(['image', 'score'] + ([] if threshold is None else ['threshold', 'anomalous']))
+    writer.writerows(rows)
+  flagged = '' if threshold is None else f'; {sum(r[3] for r in rows)} above the threshold'
+  print(f'wrote {len(rows)} maps, overlays and {out / "scores.csv"} (threshold: {source}{flagged})')
   return 0
 
 

@@ -12,12 +12,16 @@ each with its own state and its own folder `workdir/p17`, `workdir/p33`:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import platform
+import signal
 import subprocess
+import threading
 import time
+import zlib
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -32,7 +36,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from gcad_jax import configlib, input_pipeline, parallel
+from gcad_jax import atomic_io, configlib, input_pipeline, parallel
 from gcad_jax.models import gcad, global_net, teacher, teacher_weights
 
 MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (GCAD.md §7.3, stage 1)
@@ -110,16 +114,22 @@ def _adam_update(tx, grads, opt_state, params):
   return optax.apply_updates(params, updates), opt_state
 
 
-def train_step(state: TrainState, images, *, nets, config, steps_per_epoch: int, with_glo: bool):
+def train_step(state: TrainState, images, features=None, *, nets, config, steps_per_epoch: int,
+               with_glo: bool):
   """One step of GCAD.md §7.5 on this device's rows; gradients averaged over `data` with `lax.pmean`.
 
   Stage 1 (`with_glo=False`): L = L_kd/d_loc + L_loc/d_loc updates {E_glo, U, R_loc}; R_glo and its
   optimiser state are not touched. Stage 2 adds L_glo/d_glo and updates R_glo with its own state.
+  `features`: these rows' standardised E_loc features from `cached_eloc_features` (`train.cache_eloc`,
+  augmentation off), else E_loc runs here.
   """
   tx = make_optimizer(config)
   epoch = fractional_epoch(state.step, steps_per_epoch)
   x = preprocess_examples(config, state.step, images, train=True)
-  f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
+  if features is None:
+    f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
+  else:
+    f = jax.lax.stop_gradient(features.astype(jnp.float32))
   weights = skip_weights(config, epoch)
   trained = MAIN + ((RGLO,) if with_glo else ())
 
@@ -194,6 +204,37 @@ def compute_eloc_stats(config, nets, e_loc_params, images_uint8, mesh) -> dict:
   return jax.tree.map(lambda s: np.asarray(s, np.float32), dict(stats))
 
 
+def cached_eloc_features(config, nets, e_loc_params, images_uint8, stats=None) -> tuple[np.ndarray, dict]:
+  """(f of every un-augmented training image, stats): E_loc run once (`train.cache_eloc`, GCAD.md §7.5).
+
+  E_loc is frozen and, without augmentation, sees the same images every epoch, so its dense forward (the
+  most expensive network, §9) need not run in every step. With `stats=None` (a fresh run) μ_c, σ_c come
+  from these same raw features (§3.4), so the teacher runs once per image; on resume the checkpoint's stats
+  are given. Computed on this process's first device in chunks of the global batch; kept on the host as
+  float32 (N × H × W × d_loc × 4 bytes) and fed with the images. Every process computes all rows.
+  """
+  fn = jax.jit(lambda params, images: nets.e_loc.apply(
+      {'params': params}, input_pipeline.preprocess(jax.random.PRNGKey(0), images, config, False)))
+  device = jax.local_devices()[0]
+  params = jax.device_put(e_loc_params, device)
+  chunk = max(1, config.train.batch_size)
+  features = np.concatenate([np.asarray(fn(params, jax.device_put(images_uint8[i:i + chunk], device)),
+                                        np.float32) for i in range(0, len(images_uint8), chunk)], axis=0)
+  if stats is None:
+    flat = features.reshape(-1, features.shape[-1])
+    total = np.zeros(flat.shape[1], np.float64)
+    total_sq = np.zeros(flat.shape[1], np.float64)
+    for i in range(0, len(flat), 1 << 16):  # float64 sums without a float64 copy of all features
+      block = flat[i:i + (1 << 16)].astype(np.float64)
+      total += block.sum(axis=0)
+      total_sq += np.square(block).sum(axis=0)
+    stats = teacher.stats_from_moments(total, total_sq, len(flat))
+  stats = {k: np.asarray(v, np.float32) for k, v in stats.items()}
+  features -= stats['mean']
+  features /= stats['std']
+  return features, stats
+
+
 def param_shapes(tree) -> dict[str, list[int]]:
   """{'r_loc/…/kernel': shape} for the shape check on resume."""
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
@@ -233,10 +274,16 @@ def check_checkpoint(config, scale_dir: epath.Path, meta: dict, shapes: dict, st
         'the same batch size and data set, or a fresh --workdir.')
 
 
-def checkpoint_manager(config, scale_dir: epath.Path) -> ocp.CheckpointManager:
-  """Orbax manager of one scale: state (StandardSave) + JSON data position (GCAD.md §7.3, issue item 4)."""
+def checkpoint_manager(config, scale_dir: epath.Path, cleanup: bool = False) -> ocp.CheckpointManager:
+  """Orbax manager of one scale: state (StandardSave) + JSON data position (GCAD.md §7.3, issue item 4).
+
+  Orbax writes a step under `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` once every file is
+  written, so a save that was killed is never listed (docs/reliability.md). `cleanup` (the training process
+  only, never a concurrent evaluation) removes such leftovers.
+  """
   options = ocp.CheckpointManagerOptions(save_interval_steps=config.train.checkpoint_every_steps,
-                                         max_to_keep=config.train.keep_checkpoints, create=True)
+                                         max_to_keep=config.train.keep_checkpoints, create=True,
+                                         cleanup_tmp_directories=cleanup)
   return ocp.CheckpointManager(scale_dir / 'checkpoints', options=options, item_names=('state', 'meta'))
 
 
@@ -247,9 +294,13 @@ def _abstract(tree, sharding):
 def save_checkpoint(mngr, state, meta: dict, mode: str, force: bool = False) -> None:
   """Saves one host copy of the replicated state (the same under shard_map and pmap) and `meta`.
 
-  Orbax writes it in the background; the copy is taken first, so the next step may donate the buffers.
+  A state with a NaN or inf raises `NonFiniteError` and is never saved; `meta['state_crc32']` gets each
+  array's CRC32, so a resume detects a corrupted file (issue 7). Orbax writes in the background; the copy
+  is taken first, so the next step may donate the buffers.
   """
   item = parallel.unreplicate(state, mode)
+  _check_finite_state(mngr, item, meta)
+  meta = dict(meta, state_crc32=state_checksums(item))
   mngr.save(int(meta['step']), args=ocp.args.Composite(state=ocp.args.StandardSave(item),
                                                        meta=ocp.args.JsonSave(meta)), force=force)
 
@@ -270,6 +321,165 @@ def restore_checkpoint(mngr, step: int, template: TrainState, mode: str, mesh):
 
 def read_meta(mngr, step: int) -> dict:
   return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+
+# Faults (issue 7, docs/reliability.md): non-finite losses, corrupted checkpoints, pre-emption.
+
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, as a shell reports a process that SIGTERM ended.
+
+
+class NonFiniteError(FloatingPointError):
+  """A loss term or a state array became NaN or inf; the last good checkpoint is kept."""
+
+
+class CorruptCheckpointError(ValueError):
+  """No checkpoint of a scale reads back intact."""
+
+
+class Preempted(SystemExit):
+  """SIGTERM arrived: the current step was checkpointed; the same command resumes from it."""
+
+
+def _leaf_name(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def state_checksums(tree) -> dict[str, int]:
+  """{'params/r_loc/…/kernel': CRC32 of the array's bytes} of a host tree."""
+  return {_leaf_name(path): zlib.crc32(np.ascontiguousarray(leaf).reshape(-1).view(np.uint8))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_finite_state(mngr, item, meta: dict) -> None:
+  for path, leaf in jax.tree_util.tree_flatten_with_path(item)[0]:
+    leaf = np.asarray(leaf)
+    if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(leaf)):
+      mngr.wait_until_finished()
+      raise NonFiniteError(
+          f'p{meta["scale"]}: {_leaf_name(path)} of the state at step {meta["step"]} holds NaN or inf, so it is '
+          f'not saved; the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory} is kept. Lower '
+          'config.optim.learning_rate or check the data, then rerun the same command to resume from it.')
+
+
+def _check_finite_losses(p: int, accumulated, interval: list, done: int, mode: str, mngr) -> None:
+  """Raises NonFiniteError naming the first step and term of `interval` that is NaN or inf (GCAD.md §7.2).
+
+  One host sync (the interval's sum; a NaN anywhere propagates into it), called at each log and save.
+  """
+  sums = parallel.unreplicate(accumulated, mode)
+  if all(np.isfinite(v) for v in sums.values()):
+    return
+  step, values = done, sums
+  for step, metrics in enumerate(interval, start=done - len(interval) + 1):
+    values = parallel.unreplicate(metrics, mode)
+    if not all(np.isfinite(v) for v in values.values()):
+      break
+  bad = [k for k in LOSSES if not np.isfinite(values[k])]
+  mngr.wait_until_finished()
+  raise NonFiniteError(
+      f'p{p}: the loss term {bad[0]} is {float(values[bad[0]])} at step {step} '
+      f'({", ".join(f"{k}={float(values[k])}" for k in bad)}; GCAD.md §7.2); training stopped. Nothing was '
+      f'saved after the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory}. Lower '
+      'config.optim.learning_rate or check the data, then rerun the same command to resume from it.')
+
+
+def _verify_checksums(state, meta: dict, mode: str, where) -> None:
+  saved = meta.get('state_crc32')
+  if saved is None:  # Written before checksums existed.
+    return
+  now = state_checksums(parallel.unreplicate(state, mode))
+  differing = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+  if differing:
+    raise CorruptCheckpointError(f'{where}: array(s) {differing[:3]} do not match the CRC32 saved with them')
+
+
+def newest_meta(mngr) -> dict | None:
+  """The data position of the newest checkpoint whose meta reads back (others are handled on restore)."""
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return read_meta(mngr, step)
+    except Exception:  # pylint: disable=broad-except (any read error: restore_newest reports it)
+      continue
+  return None
+
+
+def restore_newest(mngr, template_for, check, mode: str, mesh, quarantine: bool):
+  """(step, meta, state) of the newest checkpoint that reads back intact; (None, None, None) if none exist.
+
+  A newer checkpoint that fails to read (missing or truncated file, bad JSON, CRC32 mismatch) is reported
+  with a warning naming its step and the file or array, and the previous one is used; with `quarantine`
+  (training) it is moved to `<scale>/corrupt_checkpoints/`, so that its step can be saved again. When no
+  checkpoint reads back, CorruptCheckpointError lists why and nothing is moved. `check(meta)` refusals
+  (another model shape or data position) propagate: they are not corruption.
+  """
+  ckpt_dir = epath.Path(mngr.directory)
+  failures = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    where = ckpt_dir / str(step)
+    try:
+      meta = read_meta(mngr, step)
+    except Exception as e:  # pylint: disable=broad-except (a corrupt file may raise anything)
+      failures.append((step, f'{where}/meta: {type(e).__name__}: {e}'))
+      continue
+    check(meta)
+    try:
+      state = restore_checkpoint(mngr, step, template_for(meta), mode, mesh)
+      _verify_checksums(state, meta, mode, f'{where}/state')
+    except Exception as e:  # pylint: disable=broad-except
+      failures.append((step, f'{type(e).__name__}: {e}'))
+      continue
+    for bad, reason in failures:
+      moved = ''
+      if quarantine:
+        moved = _quarantine(ckpt_dir, bad)
+      logging.warning('checkpoint %s/%d is corrupt or incomplete (%s); using the previous one, step %d%s',
+                      ckpt_dir, bad, reason[:2000], step, moved)
+    if failures:
+      mngr.reload()
+    return step, meta, state
+  if failures:
+    raise CorruptCheckpointError(
+        f'{ckpt_dir}: no checkpoint reads back intact: ' + '; '.join(f'step {s}: {r[:500]}' for s, r in failures)
+        + '. Move the folder aside to start afresh, or restore it from a backup.')
+  return None, None, None
+
+
+def _quarantine(ckpt_dir: epath.Path, step: int) -> str:
+  """Moves `ckpt_dir/<step>` to `<scale>/corrupt_checkpoints/<step>-<time>`; returns a note for the log."""
+  target = ckpt_dir.parent / 'corrupt_checkpoints' / f'{step}-{time.strftime("%Y%m%dT%H%M%S")}'
+  if jax.process_index() == 0:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / str(step)).rename(target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(f'gcad_jax quarantine {step}')
+  return f'; moved it to {target}'
+
+
+@contextlib.contextmanager
+def sigterm_requests_checkpoint():
+  """While active, SIGTERM (pre-emption) sets the yielded Event instead of killing the process.
+
+  The loop checks it after each step (no host sync), saves that step and raises `Preempted`. Signals reach
+  only the main thread; elsewhere this is a no-op.
+  """
+  requested = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield requested
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: requested.set())
+  try:
+    yield requested
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _preempted(p: int, done: int, ckpt_dir) -> Preempted:
+  message = (f'gcad_jax: SIGTERM: p{p} saved its checkpoint at step {done} in {ckpt_dir}; exiting with '
+             f'code {PREEMPTED_EXIT_CODE}. Rerun the same command to resume.')
+  logging.warning(message)
+  print(message, flush=True)
+  return Preempted(PREEMPTED_EXIT_CODE)
 
 
 def _git_commit() -> str | None:
@@ -298,9 +508,9 @@ def provenance(config) -> dict:
 
 
 def _write_json(path: epath.Path, value) -> None:
+  """Atomically (a hidden temporary name, then a rename: issue 7, item 5), on process 0."""
   if jax.process_index() == 0:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2, sort_keys=True, default=str))
+    atomic_io.write_json(path, value, indent=2, sort_keys=True, default=str)
 
 
 def write_run_files(config, workdir) -> dict:
@@ -313,10 +523,19 @@ def write_run_files(config, workdir) -> dict:
 
 
 def _warn_if_random_teacher(config) -> None:
+  """Says when E_loc is not a fully pretrained teacher: random, or a distillation stopped early (its meta)."""
   if config.teacher.init == 'random':
     logging.warning('WARNING: E_loc (the teacher) is random-initialised (config.teacher.init=random): no '
                     'pretrained teacher weights are used. Fine for tests and demos; not the paper\'s setting '
                     '(GCAD.md §3.5).')
+    return
+  for p in config.model.scales:
+    meta = teacher_weights.teacher_meta(config.teacher.init, p)
+    done, planned = meta.get('iterations'), meta.get('planned_iterations')
+    if done is not None and planned and done < planned:
+      logging.warning('WARNING: the E_loc teacher for p=%d (config.teacher.init=%s) was distilled for %d of the '
+                      '%d planned iterations; see gcad_jax/weights/MODEL_CARD.md for what that costs.', p,
+                      config.teacher.init, done, planned)
 
 
 def _steps_per_epoch(config, num_examples: int) -> int:
@@ -346,8 +565,13 @@ def _template(config, trainable, e_loc_params, rglo_started: bool) -> TrainState
   return start_rglo(config, state) if rglo_started else state
 
 
-def train_scale(config, workdir, p: int, train_data, mesh) -> TrainState:
-  """Trains (or resumes) the GCAD model of receptive field p; returns its final state on the devices."""
+def train_scale(config, workdir, p: int, train_data, mesh, stop: threading.Event | None = None) -> TrainState:
+  """Trains (or resumes) the GCAD model of receptive field p; returns its final state on the devices.
+
+  Resumes from the newest checkpoint that reads back intact (`restore_newest`). A NaN or inf loss raises
+  `NonFiniteError` before anything bad is saved; `stop` set (SIGTERM) saves the current step and raises
+  `Preempted` (issue 7, docs/reliability.md).
+  """
   mode, batch = config.parallel, config.train.batch_size
   scale_dir = _scale_dir(workdir, p)
   num_examples = len(train_data.images)
@@ -356,23 +580,35 @@ def train_scale(config, workdir, p: int, train_data, mesh) -> TrainState:
   nets, trainable, e_loc_params = _init(config, p, train_data.images.shape[1:3])
   shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
 
-  mngr = checkpoint_manager(config, scale_dir)
-  latest = mngr.latest_step()
+  mngr = checkpoint_manager(config, scale_dir, cleanup=True)
+  latest, meta, state = restore_newest(
+      mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
+      lambda m: check_checkpoint(config, scale_dir, m, shapes, steps_per_epoch, num_examples), mode, mesh,
+      quarantine=True)
   if latest is not None:
-    meta = read_meta(mngr, latest)
-    check_checkpoint(config, scale_dir, meta, shapes, steps_per_epoch, num_examples)
-    template = _template(config, trainable, e_loc_params, meta['rglo_started'])
-    state = restore_checkpoint(mngr, latest, template, mode, mesh)
     logging.info('p%d: resumed from %s at step %d (epoch %d, batch %d)', p, scale_dir / 'checkpoints',
                  latest, meta['epoch'], meta['batch'])
   else:
     e_loc_params = teacher_weights.load_teacher_params(config.teacher.init, p, e_loc_params)
     t0 = time.time()
-    stats = compute_eloc_stats(config, nets, e_loc_params, train_data.images, mesh)
+    if config.train.cache_eloc:
+      features, stats = cached_eloc_features(config, nets, e_loc_params, train_data.images)
+    else:
+      stats = compute_eloc_stats(config, nets, e_loc_params, train_data.images, mesh)
     logging.info('p%d: E_loc statistics over %d training images in %.1fs (mean |μ| %.3g, mean σ %.3g)', p,
                  num_examples, time.time() - t0, np.abs(stats['mean']).mean(), stats['std'].mean())
     state = parallel.replicate(create_train_state(config, trainable, e_loc_params, stats), mode, mesh)
   del trainable, e_loc_params
+
+  if config.train.cache_eloc and latest is not None:
+    t0 = time.time()
+    host = parallel.unreplicate({'p': state.e_loc_params, 's': state.eloc_stats}, mode)
+    features, _ = cached_eloc_features(config, nets, host['p'], train_data.images, host['s'])
+  if config.train.cache_eloc:
+    logging.info('p%d: E_loc features of %d training images cached in %.1fs (%.2f GB on the host)', p,
+                 num_examples, time.time() - t0, features.nbytes / 1e9)
+  else:
+    features = None
 
   start = latest or 0
   writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
@@ -393,7 +629,7 @@ def train_scale(config, workdir, p: int, train_data, mesh) -> TrainState:
             'param_shapes': shapes, 'model_config': _model_config(config)}
 
   rglo_started = state.opt_state_rglo is not None
-  accumulated, count = None, 0
+  accumulated, count, interval = None, 0, []  # interval: per-step losses since the last finiteness check
   logging.info('p%d: %d steps (%d epochs × %d steps of %d images) on %d devices (%s), from step %d', p,
                total_steps, config.train.epochs, steps_per_epoch, batch, jax.device_count(), mode, start)
   for epoch in range(start // steps_per_epoch, config.train.epochs):
@@ -408,17 +644,30 @@ def train_scale(config, workdir, p: int, train_data, mesh) -> TrainState:
         rglo_started = True
         logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (GCAD.md §7.3)', p, step,
                      fractional_epoch(step, steps_per_epoch))
-      images = parallel.shard_batch(train_data.images[order[i]], mode, mesh)
-      state, metrics = step_fn(with_glo)(state, images)
+      batch_arrays = (train_data.images[order[i]],)
+      if features is not None:
+        batch_arrays += (features[order[i]],)
+      state, metrics = step_fn(with_glo)(state, *parallel.shard_batch(batch_arrays, mode, mesh))
       accumulated = metrics if accumulated is None else jax.tree.map(jnp.add, accumulated, metrics)
+      interval.append(metrics)
       count += 1
       done = step + 1
       report_progress(done)
-      if done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1:
+      log_now = done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1
+      preempted = stop is not None and stop.is_set()
+      save_now = done % config.train.checkpoint_every_steps == 0 or done == total_steps or preempted
+      if log_now or save_now:
+        _check_finite_losses(p, accumulated, interval, done, mode, mngr)
+        interval = []
+      if log_now:
         _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode)
         accumulated, count = None, 0
-      if done % config.train.checkpoint_every_steps == 0 or done == total_steps:
-        save_checkpoint(mngr, state, meta_at(done, rglo_started), mode, force=done == total_steps)
+      if save_now:
+        save_checkpoint(mngr, state, meta_at(done, rglo_started), mode, force=done == total_steps or preempted)
+      if preempted:
+        mngr.wait_until_finished()
+        writer.flush()
+        raise _preempted(p, done, scale_dir / 'checkpoints')
   if start >= total_steps:
     logging.info('p%d: already trained (%d steps) according to %s', p, total_steps, scale_dir / 'checkpoints')
   mngr.wait_until_finished()
@@ -453,17 +702,17 @@ def restore_latest(config, workdir, p: int, mesh=None):
   mesh = parallel.make_mesh() if mesh is None else mesh
   scale_dir = _scale_dir(workdir, p)
   mngr = checkpoint_manager(config, scale_dir)
-  step = mngr.latest_step()
-  if step is None:
-    mngr.close()
-    raise FileNotFoundError(f'{scale_dir / "checkpoints"} holds no checkpoint; train first (--mode=train)')
-  meta = read_meta(mngr, step)
   nets, trainable, e_loc_params = _init(config, p, config.dataset.image_size)
-  check_resumable(meta, config, param_shapes({'params': trainable, 'e_loc_params': e_loc_params}),
-                  scale_dir / 'checkpoints')
-  state = restore_checkpoint(mngr, step, _template(config, trainable, e_loc_params, meta['rglo_started']),
-                             config.parallel, mesh)
-  mngr.close()
+  shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
+  try:  # A corrupt newest checkpoint is reported and skipped, but left in place (no quarantine here).
+    step, meta, state = restore_newest(
+        mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
+        lambda m: check_resumable(m, config, shapes, scale_dir / 'checkpoints'), config.parallel, mesh,
+        quarantine=False)
+  finally:
+    mngr.close()
+  if step is None:
+    raise FileNotFoundError(f'{scale_dir / "checkpoints"} holds no checkpoint; train first (--mode=train)')
   return nets, state, meta
 
 
@@ -484,6 +733,7 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config, mesh.size)
+  check_same_run(config, workdir)
   mode = config.parallel
   val_data = input_pipeline.load_split(config, 'validation')
   results, models = {}, {}
@@ -511,23 +761,59 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
   return results
 
 
+# Config fields that fix what a workdir's checkpoints were trained on: resuming or evaluating under a config
+# that differs in one of them is refused (issue 7). Scoring, export and schedule fields may differ.
+RUN_KEYS = ('dataset.category', 'dataset.image_size', 'dataset.resize_method', 'dataset.normalize') + MODEL_KEYS
+
+
+def _differences(saved, now, key: str) -> list[tuple[str, Any, Any]]:
+  if isinstance(saved, dict) and isinstance(now, dict):
+    return [d for k in sorted(set(saved) | set(now)) for d in _differences(saved.get(k), now.get(k), f'{key}.{k}')]
+  return [] if saved == now else [(key, saved, now)]
+
+
+def _lookup(tree: dict, key: str):
+  for part in key.split('.'):
+    tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree
+
+
+def check_same_run(config, workdir) -> None:
+  """Refuses a config whose RUN_KEYS differ from workdir/config.json (the config that trained it)."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    return
+  saved, now = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
+  differing = [d for key in RUN_KEYS for d in _differences(_lookup(saved, key), _lookup(now, key), key)]
+  if differing:
+    key, was, is_now = differing[0]
+    raise configlib.ConfigError(
+        f'config.{key}: {workdir} was trained with {was!r} (see {path}), this config has {is_now!r} '
+        f'({len(differing)} field(s) differ: {[d[0] for d in differing[:5]]}). Use the config in {path}, or '
+        'another --workdir.')
+
+
 def _check_existing_checkpoints(config, workdir, train_data) -> None:
-  """Every scale's latest checkpoint (if any) must resume under this config; checked before any write."""
+  """Every scale's newest checkpoint (if any) must resume under this config; checked before any write."""
   num_examples = len(train_data.images)
   steps_per_epoch = _steps_per_epoch(config, num_examples)
+  found = False
   for p in config.model.scales:
     scale_dir = _scale_dir(workdir, p)
     if not (scale_dir / 'checkpoints').exists():
       continue
     mngr = checkpoint_manager(config, scale_dir)
-    latest = mngr.latest_step()
-    if latest is not None:
+    meta = newest_meta(mngr)
+    if meta is not None:
+      found = True
       nets = gcad.build_nets(config, p)
       trainable, e_loc_params = jax.eval_shape(
           lambda: gcad.init_params(nets, jax.random.PRNGKey(0), tuple(train_data.images.shape[1:3])))
       shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
-      check_checkpoint(config, scale_dir, read_meta(mngr, latest), shapes, steps_per_epoch, num_examples)
+      check_checkpoint(config, scale_dir, meta, shapes, steps_per_epoch, num_examples)
     mngr.close()
+  if found:
+    check_same_run(config, workdir)
 
 
 def train(config, workdir, mesh=None) -> dict:
@@ -537,15 +823,18 @@ def train(config, workdir, mesh=None) -> dict:
   """
   mesh = parallel.make_mesh() if mesh is None else mesh
   parallel.check_batch_size(config, mesh.size)
-  if config.train.cache_eloc:
-    raise configlib.ConfigError('config.train.cache_eloc: caching E_loc features (GCAD.md §7.5) is not '
-                                'implemented by gcad_jax.train; set it to False (E_loc then runs every step)')
   _warn_if_random_teacher(config)
   t0 = time.time()
   train_data = input_pipeline.load_split(config, 'train')
   _check_existing_checkpoints(config, workdir, train_data)
   info = write_run_files(config, workdir)
-  states = {p: train_scale(config, workdir, p, train_data, mesh) for p in config.model.scales}
+  states = {}
+  with sigterm_requests_checkpoint() as stop:
+    for p in config.model.scales:
+      states[p] = train_scale(config, workdir, p, train_data, mesh, stop=stop)
+      if stop.is_set():  # SIGTERM after this scale's last step: its final checkpoint is complete.
+        raise _preempted(p, int(parallel.unreplicate(states[p].step, config.parallel)),
+                         _scale_dir(workdir, p) / 'checkpoints')
   jax.block_until_ready(states)
   info.update(end_time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), train_wall_s=round(time.time() - t0, 2))
   _write_json(epath.Path(workdir) / 'provenance.json', info)

@@ -141,6 +141,39 @@ def test_same_steps_on_1_and_8_devices_and_with_pmap_give_the_same_parameters():
   _assert_trees_close(one.opt_state_rglo, pmapped.opt_state_rglo, rel=1e-5)
 
 
+def test_cached_eloc_features_train_like_the_live_teacher():
+  """`train.cache_eloc` (augmentation off): two stage-2 steps on 8 devices fed cached features give the
+  parameters of the same steps with E_loc run inside the step (up to XLA's batching of the teacher)."""
+  config = train_worker.load_config(TINY, {**STEP_OVERRIDES, 'augment.enabled': False,
+                                           'train.cache_eloc': True})
+  configlib.validate(config)
+  _, _, host, images = _setup()
+  nets = train.gcad.build_nets(config, 17)
+  state = train.start_rglo(config, host)
+  features, stats = train.cached_eloc_features(config, nets, state.e_loc_params, images, state.eloc_stats)
+  assert features.shape == (8, 64, 64, config.eloc.d_loc) and features.dtype == np.float32
+  _assert_trees_equal(stats, state.eloc_stats)
+  _, fresh = train.cached_eloc_features(config, nets, state.e_loc_params, images)  # stats from one pass
+  _assert_trees_equal(fresh, state.eloc_stats, rtol=1e-4, atol=1e-5)
+  mesh = parallel.make_mesh(jax.devices()[:8])
+  results = []
+  for cached in (False, True):
+    fn = functools.partial(train.train_step, nets=nets, config=config, steps_per_epoch=2, with_glo=True)
+    step = parallel.map_per_device(fn, 'shard_map', mesh)
+    s = parallel.replicate(state, 'shard_map', mesh)
+    batch = (images, features) if cached else (images,)
+    for _ in range(2):
+      s, _ = step(s, *parallel.shard_batch(batch, 'shard_map', mesh))
+    results.append(parallel.unreplicate(s, 'shard_map'))
+  _assert_trees_equal(results[0].params, results[1].params, atol=1e-5)
+
+
+def test_cache_eloc_with_augmentation_is_refused():
+  config = train_worker.load_config(TINY, {'train.cache_eloc': True})
+  with pytest.raises(configlib.ConfigError, match=r'config\.train\.cache_eloc'):
+    configlib.validate(config)
+
+
 @pytest.mark.parametrize('key, value, message', [
     ('train.epochs', -1, r'config\.train\.epochs: -1 must be > 0'),
     ('model.scales', (17, 21), r'config\.model\.scales: receptive field 21 is not one of \(17, 33\)'),

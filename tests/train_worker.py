@@ -6,6 +6,10 @@ Environment (all optional):
   GCAD_TEST_DEVICES        fake CPU devices of this process (default 8)
   GCAD_TEST_PAUSE_AT       after the checkpoint of this step is on disk, write `<workdir>/paused` and sleep
                            (the test then kills the process with SIGKILL)
+  GCAD_TEST_SIGTERM_AT     send this process SIGTERM after logging this step (needs a log there)
+  GCAD_TEST_KILL_IN_SAVE   SIGKILL itself while saving this step: every file written, the step folder not yet
+                           renamed from its Orbax temporary name
+  GCAD_TEST_KILL_IN_EVAL   SIGKILL itself while writing validation_losses.json (temporary file written)
   GCAD_TEST_COORDINATOR, GCAD_TEST_NUM_PROCESSES, GCAD_TEST_PROCESS_ID
                            join a multi-process run on loopback (gloo CPU collectives) and check a psum
 """
@@ -81,6 +85,45 @@ def _pause_after(step: int, workdir: str):
   train.save_checkpoint = save_then_pause
 
 
+def _signal_after_log(step: int):
+  import signal
+  from gcad_jax import train
+  log = train._log
+
+  def log_then_signal(writer, config, p, done, *args):
+    log(writer, config, p, done, *args)
+    if done == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  train._log = log_then_signal
+
+
+def _kill_in_save(step: int):
+  import signal
+  from orbax.checkpoint._src.path import atomicity
+  finalize = atomicity.AtomicRenameTemporaryPath.finalize
+
+  async def kill_before_rename(self, *args, **kwargs):
+    if self._final_path.name == str(step):  # The step folder; its items ('state', 'meta') are complete.
+      os.kill(os.getpid(), signal.SIGKILL)
+    return await finalize(self, *args, **kwargs)
+
+  atomicity.AtomicRenameTemporaryPath.finalize = kill_before_rename
+
+
+def _kill_in_eval():
+  import signal
+  from gcad_jax import atomic_io
+  replace = os.replace
+
+  def kill_before_replace(src, dst, *args, **kwargs):
+    if pathlib.Path(dst).name == 'validation_losses.json':
+      os.kill(os.getpid(), signal.SIGKILL)
+    return replace(src, dst, *args, **kwargs)
+
+  atomic_io.os.replace = kill_before_replace
+
+
 def _join_processes():
   from jax.sharding import PartitionSpec as P
 
@@ -108,6 +151,12 @@ def main():
   flags = [a for a in sys.argv[1:] if a.startswith('--workdir=')]
   if 'GCAD_TEST_PAUSE_AT' in os.environ:
     _pause_after(int(os.environ['GCAD_TEST_PAUSE_AT']), flags[0].split('=', 1)[1])
+  if 'GCAD_TEST_SIGTERM_AT' in os.environ:
+    _signal_after_log(int(os.environ['GCAD_TEST_SIGTERM_AT']))
+  if 'GCAD_TEST_KILL_IN_SAVE' in os.environ:
+    _kill_in_save(int(os.environ['GCAD_TEST_KILL_IN_SAVE']))
+  if 'GCAD_TEST_KILL_IN_EVAL' in os.environ:
+    _kill_in_eval()
   app.run(gcad_main.main, argv=[sys.argv[0]] + sys.argv[1:])
 
 

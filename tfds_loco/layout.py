@@ -123,7 +123,7 @@ def read_defects_config(path: str | pathlib.Path) -> dict[int, DefectType]:
         '(LOCO_FORMAT.md §6)')
   try:
     entries = json.loads(path.read_text())
-  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # Recursion: '[[[[…'
     raise LocoFormatError(f'{path} is not valid JSON ({e}); restore it from the data set archive') from e
   if not isinstance(entries, list):
     raise LocoFormatError(f'{path} must hold a JSON list of defect entries, found {type(entries).__name__}')

@@ -9,6 +9,10 @@ from gcad_jax.models import layers
 
 SKIP_NAMES = ('u', 'v', 'w', 'x', 'y')  # levels 8², 16², 32², 64², 128² at a 256² input (§4.1)
 FADE_MODES = ('sequential', 'simultaneous')
+# How the stride-2 4×4 convolutions and transposed convolutions are computed: 'subpixel' (space-to-depth and
+# sub-pixel forms: the same values, no input-dilated convolutions, far faster to differentiate on XLA:CPU) or
+# 'conv' (the straightforward strided / transposed convolutions).
+STRIDE_FORMS = ('subpixel', 'conv')
 
 
 def skip_weights(epoch: Any, mode: str = 'sequential', end_epoch: float = 100.0, levels: int = 5) -> jnp.ndarray:
@@ -38,6 +42,7 @@ class GlobalEncoderDecoder(nn.Module):
 
   H and W must be multiples of 64; the context convolution's kernel is (H/64, W/64), 4×4 at 256².
   Skips are added after the decoder LReLU, each 1×1 conv scaled by its scalar weight from `skip_weights`.
+  `stride_form` picks how the stride-2 layers are computed (`STRIDE_FORMS`); parameters and values are the same.
   """
   g: int = 32
   d_glo: int = 10
@@ -46,6 +51,7 @@ class GlobalEncoderDecoder(nn.Module):
   leaky_slope: float = 0.2
   dtype: Any = jnp.float32
   weight_init: str = 'torch_default'
+  stride_form: str = 'subpixel'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, skip_weights: jnp.ndarray, return_context: bool = False):
@@ -63,27 +69,37 @@ class GlobalEncoderDecoder(nn.Module):
     if skip_weights.shape != (levels,):
       raise ValueError(f'GlobalEncoderDecoder: skip_weights has shape {skip_weights.shape}, needs ({levels},) '
                        'ordered (u, v, w, x, y)')
+    if self.stride_form not in STRIDE_FORMS:
+      raise ValueError(f'GlobalEncoderDecoder: stride_form={self.stride_form!r} is not one of {list(STRIDE_FORMS)}')
     act = lambda h: nn.leaky_relu(h, self.leaky_slope)
     common = {'init': self.weight_init, 'dtype': self.dtype}
+    subpixel = self.stride_form == 'subpixel'
+
+    def down(features, name, h):  # Conv 4×4, stride 2, padding 1.
+      if subpixel:
+        return layers.SpaceToDepthConv(features, name=name, **common)(h)
+      return layers.conv(features, (4, 4), h.shape[-1], name=name, strides=2, padding=((1, 1), (1, 1)), **common)(h)
+
+    def up(features, name, h):  # ConvTranspose 4×4, stride 2, padding 1.
+      if subpixel:
+        return layers.SubpixelConvTranspose4(features, name=name, **common)(h)
+      return layers.conv_transpose(features, (4, 4), name=name, strides=2, torch_padding=1, **common)(h)
 
     encoder = []
     for i, features in enumerate(self.enc_channels):
-      x = act(layers.conv(features, (4, 4), x.shape[-1], name=f'enc{i + 1}', strides=2,
-                          padding=((1, 1), (1, 1)), **common)(x))
+      x = act(down(features, f'enc{i + 1}', x))
       encoder.append(x)
     context_kernel = tuple(x.shape[1:3])  # (H/64, W/64): 4×4 valid at 256²
     context = layers.conv(self.g, context_kernel, x.shape[-1], name='context', **common)(x)
 
     y = act(layers.conv_transpose(self.dec_channels[0], context_kernel, name='dec0', **common)(context))
     for level in range(1, levels + 1):
-      y = act(layers.conv_transpose(self.dec_channels[level], (4, 4), name=f'dec{level}', strides=2,
-                                    torch_padding=1, **common)(y))
+      y = act(up(self.dec_channels[level], f'dec{level}', y))
       source = encoder[levels - level]  # e5 feeds u (d1), ..., e1 feeds y (d5)
       skip = layers.conv(self.dec_channels[level], (1, 1), source.shape[-1], name=f'skip_{SKIP_NAMES[level - 1]}',
                          **common)(source)
       y = y + skip_weights[level - 1].astype(skip.dtype) * skip
-    y = act(layers.conv_transpose(self.dec_channels[-1], (4, 4), name=f'dec{levels + 1}', strides=2,
-                                  torch_padding=1, **common)(y))
+    y = act(up(self.dec_channels[-1], f'dec{levels + 1}', y))
     out = layers.conv(self.d_glo, (3, 3), y.shape[-1], name='out', padding=((1, 1), (1, 1)), **common)(y)
     return (out, context) if return_context else out
 

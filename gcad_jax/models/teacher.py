@@ -17,6 +17,9 @@ from gcad_jax.models import layers
 PATCH_SIZES = (17, 33)
 PAD_MODES = {'zeros': 'constant', 'reflect': 'reflect', 'edge': 'edge'}
 FINAL_ACTIVATIONS = ('linear', 'leaky_relu')
+# 'dilated': the à trous form of §3.3. 'space_to_batch': the same outputs with undilated convolutions on the
+# polyphase sub-images (each pool splits every map into its 2×2 phases; reassembled at the end).
+DENSE_FORMS = ('dilated', 'space_to_batch')
 
 
 def layer_list(p: int, p33_first_kernel: int = 5) -> tuple[tuple[int, bool], ...]:
@@ -86,6 +89,7 @@ class PatchTeacher(nn.Module):
   dense: bool = False
   dtype: Any = jnp.float32
   weight_init: str = 'torch_default'
+  dense_form: str = 'dilated'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -103,6 +107,10 @@ class PatchTeacher(nn.Module):
                          '(config field eloc.pad_mode)')
       x = jnp.pad(x, ((0, 0), *dense_padding(self.p, self.p33_first_kernel), (0, 0)),
                   mode=PAD_MODES[self.pad_mode])
+      if self.dense_form not in DENSE_FORMS:
+        raise ValueError(f'PatchTeacher: dense_form={self.dense_form!r} is not one of {list(DENSE_FORMS)}')
+    polyphase = self.dense and self.dense_form == 'space_to_batch'
+    out_size, splits = (in_shape[1], in_shape[2]), 0
     dilation = 1
     features = (*self.widths, self.d_out)
     for i, (kernel, pool) in enumerate(spec):
@@ -111,9 +119,15 @@ class PatchTeacher(nn.Module):
       if i < len(spec) - 1 or self.final_activation == 'leaky_relu':
         x = nn.leaky_relu(x, self.leaky_slope)
       if pool:
-        x = _max_pool(x, dilation, strided=not self.dense)
-        if self.dense:
+        x = _max_pool(x, 1 if polyphase else dilation, strided=not self.dense)
+        if polyphase:
+          x, splits = _space_to_batch(x), splits + 1
+        elif self.dense:
           dilation *= 2
+    if polyphase:
+      for _ in range(splits):
+        x = _batch_to_space(x)
+      return x[:, :out_size[0], :out_size[1], :]
     if self.dense:
       return x
     if x.shape[1:3] != (1, 1):
@@ -127,3 +141,19 @@ def _max_pool(x: jnp.ndarray, dilation: int, strided: bool) -> jnp.ndarray:
   stride = 2 if strided else 1
   return lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), lax.max, (1, 2, 2, 1), (1, stride, stride, 1),
                            'VALID', window_dilation=(1, dilation, dilation, 1))
+
+
+def _space_to_batch(x: jnp.ndarray) -> jnp.ndarray:
+  """(B, H, W, C) → (4B, ⌈H/2⌉, ⌈W/2⌉, C): the 2×2 phases x[a::2, b::2], phase-major; odd sizes padded at the
+  bottom/right (outputs there are cropped: a valid convolution only looks down and right)."""
+  b, h, w, c = x.shape
+  x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+  h, w = x.shape[1] // 2, x.shape[2] // 2
+  return x.reshape(b, h, 2, w, 2, c).transpose(2, 4, 0, 1, 3, 5).reshape(4 * b, h, w, c)
+
+
+def _batch_to_space(x: jnp.ndarray) -> jnp.ndarray:
+  """The inverse of `_space_to_batch` (without its padding)."""
+  b4, h, w, c = x.shape
+  b = b4 // 4
+  return x.reshape(2, 2, b, h, w, c).transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * h, 2 * w, c)

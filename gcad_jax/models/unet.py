@@ -12,6 +12,10 @@ import jax.numpy as jnp
 
 from gcad_jax.models import layers
 
+# How the 2×2 stride-2 up-convolution is computed: 'subpixel' (a matmul and a depth-to-space: the same values,
+# far faster to differentiate on XLA:CPU) or 'conv_transpose' (the straightforward input-dilated convolution).
+UP_FORMS = ('subpixel', 'conv_transpose')
+
 
 class ConvBlock(nn.Module):
   """`UNetConvBlock`: [Conv 3×3 (padding 1 if `padding`) + ReLU] × 2."""
@@ -36,11 +40,17 @@ class UpBlock(nn.Module):
   padding: bool = True
   dtype: Any = jnp.float32
   weight_init: str = 'torch_default'
+  up_form: str = 'subpixel'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, bridge: jnp.ndarray) -> jnp.ndarray:
-    up = layers.conv_transpose(self.features, (2, 2), name='up', strides=2, init=self.weight_init,
-                               dtype=self.dtype)(x)
+    if self.up_form == 'subpixel':
+      up = layers.SubpixelConvTranspose(self.features, 2, init=self.weight_init, dtype=self.dtype, name='up')(x)
+    elif self.up_form == 'conv_transpose':
+      up = layers.conv_transpose(self.features, (2, 2), name='up', strides=2, init=self.weight_init,
+                                 dtype=self.dtype)(x)
+    else:
+      raise ValueError(f'UpBlock: up_form={self.up_form!r} is not one of {list(UP_FORMS)}')
     height, width = up.shape[1:3]
     top = (bridge.shape[1] - height) // 2
     left = (bridge.shape[2] - width) // 2
@@ -50,13 +60,14 @@ class UpBlock(nn.Module):
 
 
 class UNet(nn.Module):
-  """U-Net (GCAD.md §6): (B, H, W, C) → (B, H, W, n_out) with `padding=True`."""
+  """U-Net (GCAD.md §6): (B, H, W, C) → (B, H, W, n_out) with `padding=True`; `up_form` as in `UP_FORMS`."""
   n_out: int
   depth: int = 5
   wf: int = 6
   padding: bool = True
   dtype: Any = jnp.float32
   weight_init: str = 'torch_default'
+  up_form: str = 'subpixel'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -73,7 +84,7 @@ class UNet(nn.Module):
       bridges.append(x)
     self.sow('intermediates', 'bottleneck', x)
     for j, i in enumerate(reversed(range(self.depth - 1))):
-      x = UpBlock(2 ** (self.wf + i), self.padding, self.dtype, self.weight_init,
+      x = UpBlock(2 ** (self.wf + i), self.padding, self.dtype, self.weight_init, self.up_form,
                   name=f'up{j}')(x, bridges[i])
     return layers.conv(self.n_out, (1, 1), x.shape[-1], name='last', init=self.weight_init,
                        dtype=self.dtype)(x)

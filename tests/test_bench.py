@@ -1,0 +1,222 @@
+"""Tests of gcad_jax.bench (issue 6): the presets are the configs, the timed step is the training step, the
+PyTorch reference computes the same networks, and a smoke run of the benchmark itself (tiny shapes)."""
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gcad_jax import bench
+from gcad_jax.models import gcad
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _smallest(**overrides):
+  """The tiny preset with a depth-2 U-Net and batch 2: seconds to compile on a CPU."""
+  return bench.preset_config('tiny', **{'unet.depth': 2, 'train.batch_size': 2, **overrides})[0]
+
+
+def _flatten(tree, prefix=''):
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _flatten(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+@pytest.mark.parametrize('preset, config_file', [('paper_p33', 'configs/loco.py'), ('cpu', 'configs/synthetic.py'),
+                                                 ('tiny', 'configs/tiny.py')])
+def test_presets_are_the_config_files(preset, config_file):
+  """Each preset (plain dicts, no ml_collections) holds the same values as its config file."""
+  config, _ = bench.file_config(str(ROOT / config_file), None)
+  tree = bench._deep_update(bench.PAPER, bench.PRESETS[preset][0])
+  for key, value in _flatten(tree):
+    node = config
+    for part in key.split('.'):
+      node = node[part]
+    want = tuple(node) if isinstance(node, (list, tuple)) else node
+    assert want == value, f'{preset}: {key} is {value!r} in bench.py but {want!r} in {config_file}'
+
+
+def test_bench_smoke(tmp_path):
+  """The benchmark runs end to end on tiny shapes and writes every figure the issue asks for."""
+  out = tmp_path / 'bench.json'
+  bench.main(['--preset=tiny', '--set=unet.depth=2', '--batch=2', '--reps=2', '--modes=train,latency',
+              f'--out={out}'])
+  saved = json.loads(out.read_text())[0]
+  assert saved['machine']['backend'] == jax.default_backend() and saved['memory']['host_peak_rss_bytes'] > 0
+  rows = {r['mode']: r for r in saved['rows']}
+  assert set(rows) == {'train', 'latency'} and rows['latency']['batch'] == 1
+  for row in rows.values():
+    assert row['images_per_s'] > 0 and row['compile_s'] > 0 and row['reps'] == 2
+    assert row['gflops_per_image'] > 0 and row['achieved_tflops'] > 0
+  assert rows['train']['gflops_per_image'] > 1.3 * rows['latency']['gflops_per_image']  # + backward, Adam
+
+
+def _primitive_counts(jaxpr, names=('conv_general_dilated', 'dot_general')):
+  """How often each of `names` occurs in a closed jaxpr, sub-jaxprs included."""
+  counts = dict.fromkeys(names, 0)
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name in counts:
+      counts[eqn.primitive.name] += 1
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      for name, n in _primitive_counts(sub, names).items():
+        counts[name] += n
+  return counts
+
+
+def test_bench_step_is_the_training_step():
+  """bench.train_step does the work of gcad_jax.train.train_step in stage 2 (the same convolutions and
+  matmuls, forward and backward) with the same optimiser (traced only: no compile)."""
+  from gcad_jax import configlib, train  # pylint: disable=g-import-not-at-top (needs clu)
+
+  config = configlib.base_config()
+  for key, value in _flatten(bench._deep_update(bench.PAPER, bench.PRESETS['tiny'][0])):
+    group, *rest = key.split('.')
+    node = config[group]
+    for part in rest[:-1]:
+      node = node[part]
+    node[rest[-1]] = value
+  config.augment.enabled = False
+  nets = gcad.build_nets(config, 17)
+  state, frozen = jax.eval_shape(functools.partial(bench.make_state, config, nets), jax.random.key(0))
+  theirs = jax.eval_shape(lambda s, f: train.start_rglo(config, train.create_train_state(
+      config, s['params'], f['e_loc'], f['stats'])), state, frozen)
+  images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8)
+  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+  their_step = functools.partial(train.train_step, nets=nets, config=config, steps_per_epoch=10, with_glo=True)
+  our_step = functools.partial(bench.train_step, nets=nets, config=config, steps_per_epoch=10)
+  counts = _primitive_counts(jax.make_jaxpr(their_step, axis_env=[('data', 1)])(theirs, images).jaxpr)
+  assert counts == _primitive_counts(jax.make_jaxpr(our_step)(state, frozen, x).jaxpr)
+  assert counts['conv_general_dilated'] > 50
+
+  tree = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones((4,))}
+  grads = jax.tree.map(lambda v: jnp.sin(v) + 0.5, tree)
+  ours, theirs = bench.optimizer(config), train.make_optimizer(config)
+  updates = [tx.update(grads, tx.init(tree), tree)[0] for tx in (ours, theirs)]
+  jax.tree.map(np.testing.assert_array_equal, *updates)
+
+
+def test_torch_reference_computes_the_same_networks():
+  """benchmarks/torch_reference.py with gcad_jax's weights: same Eq. 2–5 terms and anomaly maps (float32)."""
+  torch = pytest.importorskip('torch')
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('torch_reference', ROOT / 'benchmarks' / 'torch_reference.py')
+  ref = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(ref)
+
+  config = _smallest()
+  nets = gcad.build_nets(config, 17)
+  state, frozen = jax.jit(functools.partial(bench.make_state, config, nets))(jax.random.key(1))
+  rng = np.random.default_rng(0)
+  frozen['stats'] = {'mean': jnp.asarray(rng.normal(size=16), jnp.float32),
+                     'std': jnp.asarray(rng.uniform(0.5, 2, size=16), jnp.float32)}
+  x = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+  model = ref.build(config, 17)
+  ref.load_jax_params(model, jax.device_get(state['params']), jax.device_get(frozen['e_loc']), frozen['stats'])
+  assert ref.param_count(model) == gcad.param_count(state['params']) + gcad.param_count(frozen['e_loc'])
+
+  weights = jnp.asarray([1.0, 0.75, 0.5, 0.25, 0.0])
+
+  @jax.jit
+  def ours(state, frozen, x):
+    f = gcad.eloc_features(nets, frozen['e_loc'], frozen['stats'], x)
+    return gcad.per_image_losses(nets, state['params'], f, x, weights, with_glo=True), bench.infer(
+        state, frozen, x, nets=nets)
+
+  with jax.default_matmul_precision('float32'):
+    losses, maps = ours(state, frozen, x)
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+  with torch.no_grad():
+    theirs = model.losses(xt, model.features(xt), weights.tolist())
+  for key in ('l_loc', 'l_kd', 'l_glo', 'total'):
+    np.testing.assert_allclose(losses[key], theirs[key].numpy(), rtol=1e-4, err_msg=key)
+  for ours, them in zip(maps, model.anomaly_maps(xt)):
+    np.testing.assert_allclose(ours, them.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('size', [(64, 64), (70, 76)])
+def test_space_to_batch_teacher_equals_dilated(size):
+  """PatchTeacher(dense_form='space_to_batch') = the à trous form of GCAD.md §3.3 (p = 33; odd phase sizes too)."""
+  from gcad_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from gcad_jax.models.teacher import PatchTeacher  # pylint: disable=g-import-not-at-top
+
+  dilated = PatchTeacher(33, widths=(8, 12, 12), d_out=6, dense=True)
+  polyphase = dilated.clone(dense_form='space_to_batch')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *size, 3)), jnp.float32)
+  shapes = jax.eval_shape(lambda k: dilated.init(k, x)['params'], jax.random.key(0))
+  params = jax.jit(lambda k: layers.torch_default_params(shapes, k))(jax.random.key(0))
+  with jax.default_matmul_precision('float32'):
+    ours, theirs = jax.jit(lambda v: (polyphase.apply(v, x), dilated.apply(v, x)))({'params': params})
+  assert ours.shape == theirs.shape == (2, *size, 6)
+  np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_subpixel_up_convolution_equals_conv_transpose(dtype):
+  """UNet(up_form='subpixel') = the ConvTranspose 2×2 s2 form of GCAD.md §6: same parameters, outputs, grads."""
+  from gcad_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top
+
+  subpixel = UNet(5, depth=2, wf=2, dtype=dtype)
+  straight = subpixel.clone(up_form='conv_transpose')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 12, 3)), jnp.float32)
+  key = jax.random.key(0, impl='rbg')  # XLA:CPU compiles threefry slowly
+  params = jax.jit(lambda k: straight.init(k, x)['params'])(key)
+  assert jax.tree.structure(params) == jax.tree.structure(jax.eval_shape(lambda k: subpixel.init(k, x)['params'], key))
+  loss = lambda net: lambda p: jnp.sum(jnp.square(net.apply({'params': p}, x).astype(jnp.float32)))
+  with jax.default_matmul_precision('float32'):
+    (ours, grad_ours), (theirs, grad_theirs) = jax.jit(
+        lambda p: (jax.value_and_grad(loss(subpixel))(p), jax.value_and_grad(loss(straight))(p)))(params)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(ours, theirs, rtol=tol)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=tol, atol=tol * 1e-2), grad_ours, grad_theirs)
+
+
+def test_subpixel_global_net_equals_strided_convolutions():
+  """GlobalEncoderDecoder(stride_form='subpixel') = the strided / transposed convolutions of GCAD.md §4.2:
+  each layer's output and gradients, and the whole network's output."""
+  from gcad_jax.models import layers  # pylint: disable=g-import-not-at-top
+  from gcad_jax.models.global_net import GlobalEncoderDecoder  # pylint: disable=g-import-not-at-top
+
+  key = jax.random.key(0, impl='rbg')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 12, 3)), jnp.float32)
+  pairs = [(layers.SpaceToDepthConv(5), layers.conv(5, (4, 4), 3, name='c', init='torch_default', dtype=jnp.float32,
+                                                     strides=2, padding=((1, 1), (1, 1)))),
+           (layers.SubpixelConvTranspose4(5), layers.conv_transpose(5, (4, 4), name='t', init='torch_default',
+                                                                    dtype=jnp.float32, strides=2, torch_padding=1))]
+  net = GlobalEncoderDecoder(g=4, d_glo=3, enc_channels=(4, 4, 8, 8, 8, 8), dec_channels=(8, 8, 8, 8, 4, 4, 4))
+  image = jnp.asarray(np.random.default_rng(1).normal(size=(1, 64, 128, 3)), jnp.float32)
+  weights = jnp.asarray([1.0, 0.5, 0.25, 0.75, 1.0])
+
+  @jax.jit
+  def both():
+    out = []
+    for ours, theirs in pairs:
+      params = theirs.init(key, x)
+      loss = lambda m: lambda p, x: jnp.sum(jnp.square(m.apply(p, x)) * jnp.arange(5.0))
+      out.append((jax.value_and_grad(loss(ours), argnums=(0, 1))(params, x),
+                  jax.value_and_grad(loss(theirs), argnums=(0, 1))(params, x)))
+    params = net.clone(stride_form='conv').init(key, image, weights)
+    out.append((net.apply(params, image, weights), net.clone(stride_form='conv').apply(params, image, weights)))
+    return out
+
+  with jax.default_matmul_precision('float32'):
+    results = both()
+  for ours, theirs in results:
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), ours, theirs)
+
+
+def test_bench_imports_no_training_stack():
+  """`python -m gcad_jax.bench` runs where only jax, flax, optax and numpy are installed (issue 6, item 4)."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = ('import sys; import gcad_jax.bench; '
+          'print(sorted({m.split(".")[0] for m in sys.modules} & {"clu", "tensorflow", "tensorflow_datasets", '
+          '"ml_collections", "torch", "orbax"}))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == '[]', out.stdout

@@ -1,0 +1,98 @@
+"""gcad_jax/predict.py: `python -m gcad_jax.predict` on a trained tiny workdir (GCAD.md §8; issue 4 item 7)."""
+
+import csv
+import importlib.util
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import tifffile
+
+from gcad_jax import parallel, predict, train
+from tfds_loco import layout
+from tfds_loco import synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CATEGORY = 'synthetic_grid'
+COUNTS = {'train': 8, 'validation': 4, 'good': 2, 'logical': 2, 'structural': 2}
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A tiny GCAD trained one epoch and evaluated on all 8 fake devices (W/anomaly_maps, score_norm.json)."""
+  root = tmp_path_factory.mktemp('predict')
+  synthetic.generate(root / 'data', CATEGORY, seed=7, size=(96, 64), counts=COUNTS)
+  spec = importlib.util.spec_from_file_location('tiny_config', ROOT / 'configs' / 'tiny.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.dataset.category = CATEGORY
+  config.dataset.manual_dir = str(root / 'data')
+  config.dataset.data_dir = str(root / 'tfds')
+  config.train.epochs = 1
+  train.train_and_evaluate(config, str(root / 'w'))
+  cat_dir = layout.category_dir(root / 'data', CATEGORY)
+  images = root / 'images'  # three test images (not a multiple of the 8 devices) and one validation image
+  images.mkdir()
+  tests = layout.list_split(cat_dir, 'test')[:3]
+  for r in tests:
+    shutil.copy(r.path, images / f'{r.kind}_{r.stem}.png')
+  shutil.copy(cat_dir / 'validation' / 'good' / '000.png', images / 'validation_000.png')
+  return root, tests
+
+
+def _rows(path):
+  with path.open() as f:
+    return list(csv.DictReader(f))
+
+
+def test_cli_writes_a_map_an_overlay_and_a_scores_line_per_image_with_the_validation_threshold(trained, capsys):
+  root, tests = trained
+  assert jax.device_count() == 8 and parallel.make_mesh().size == 8  # 4 images: padded to 8, masked
+  assert predict.main(['--workdir', str(root / 'w'), '--images', str(root / 'images'), '--out',
+                       str(root / 'out')]) == 0
+  assert 'threshold: quantile 1.0 of 4 validation image scores' in capsys.readouterr().out
+  rows = {r['image']: r for r in _rows(root / 'out' / 'scores.csv')}
+  assert sorted(rows) == sorted(p.name for p in (root / 'images').iterdir())
+  for r in tests:  # the exported test maps of the evaluation, at the image's original size
+    name = f'{r.kind}_{r.stem}'
+    amap = tifffile.imread(root / 'out' / 'maps' / f'{name}.tiff')
+    exported = tifffile.imread(root / 'w' / 'anomaly_maps' / CATEGORY / f'{r.image_id}.tiff')
+    assert amap.shape == exported.shape == (64, 96) and amap.dtype == np.float32
+    np.testing.assert_allclose(amap, exported, rtol=1e-5, atol=1e-5)
+    assert float(rows[f'{name}.png']['score']) == pytest.approx(float(amap.max()), rel=1e-5)
+    assert (root / 'out' / 'overlays' / f'{name}.png').stat().st_size > 1000
+  saved = json.loads((root / 'w' / predict.THRESHOLD_FILE).read_text())
+  assert saved['threshold'] == max(saved['validation_scores'].values()) and saved['num_images'] == 4
+  for row in rows.values():
+    assert float(row['threshold']) == pytest.approx(saved['threshold'], rel=1e-5)
+    assert row['anomalous'] == str(int(float(row['score']) > saved['threshold']))
+  assert rows['validation_000.png']['anomalous'] == '0'  # quantile 1.0: no validation image is flagged
+  assert float(rows['validation_000.png']['score']) == pytest.approx(
+      saved['validation_scores']['validation/good/000'], rel=1e-5)
+
+
+def test_threshold_none_or_given_and_bad_inputs(trained, tmp_path, capsys):
+  root, _ = trained
+  args = ['--workdir', str(root / 'w'), '--images', str(root / 'images'), '--out']
+  assert predict.main([*args, str(tmp_path / 'a'), '--threshold', 'none']) == 0
+  assert list(_rows(tmp_path / 'a' / 'scores.csv')[0]) == ['image', 'score']
+  assert predict.main([*args, str(tmp_path / 'b'), '--threshold=-1e9']) == 0
+  assert {r['anomalous'] for r in _rows(tmp_path / 'b' / 'scores.csv')} == {'1'}
+  assert predict.main([*args, str(tmp_path / 'c'), '--threshold', 'high']) == 2
+  assert '--threshold' in capsys.readouterr().err
+  assert predict.main(['--workdir', str(tmp_path), '--images', str(root / 'images'), '--out', str(tmp_path)]) == 2
+  assert 'config.json is missing' in capsys.readouterr().err
+  (tmp_path / 'empty').mkdir()
+  assert predict.main([*args[:3], str(tmp_path / 'empty'), '--out', str(tmp_path / 'd')]) == 2
+  assert 'no images' in capsys.readouterr().err
+
+
+def test_choose_threshold_is_a_quantile_of_the_validation_scores():
+  assert predict.choose_threshold([1.0, 3.0, 2.0]) == 3.0
+  assert predict.choose_threshold([1.0, 2.0, 3.0, 4.0], 0.5) == 3.0  # 'higher': an observed score
+  with pytest.raises(ValueError, match='quantile'):
+    predict.choose_threshold([1.0], 0.0)
