@@ -112,6 +112,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
+  # The paper names no schedule (GCAD.md §12 #19): 'constant'. 'cosine' [I] decays it to 0 over the run.
+  config.optim.schedule = 'constant'
 
   config.score = ml_collections.ConfigDict()
   config.score.squared = False
@@ -220,6 +222,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config, 'eloc.pad_mode', ('zeros', 'reflect', 'edge'))
   _one_of(config, 'eloc.p33_first_kernel', (3, 5))
   _one_of(config, 'eglo.skip_fade.mode', ('sequential', 'simultaneous'))
+  _one_of(config, 'optim.schedule', ('constant', 'cosine'))
   _require(config.eglo.skip_fade.end_epoch >= 0, 'eglo.skip_fade.end_epoch', 'must be >= 0')
   _require(config.eglo.skip_levels == 5, 'eglo.skip_levels', 'E_glo has exactly five skip levels (GCAD.md §4.1)')
   _require(config.unet.depth >= 1, 'unet.depth', 'must be >= 1')

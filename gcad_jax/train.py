@@ -68,6 +68,18 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
                      optax.adam(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps))
 
 
+def learning_rate_factor(config: ml_collections.ConfigDict, step, total_steps: int):
+  """lr(step) / optim.learning_rate: 1 for 'constant' (GCAD.md §7.3, §12 #19), else 'cosine' from 1 to 0.
+
+  The cosine [I] is a function of the global step, so R_glo, which joins later, follows the same curve.
+  Works traced and on the host.
+  """
+  if config.optim.schedule == 'constant':
+    return 1.0
+  progress = jnp.clip(step / max(int(total_steps), 1), 0.0, 1.0)
+  return 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+
+
 def create_train_state(config, trainable, e_loc_params, eloc_stats) -> TrainState:
   """Stage-1 state: the optimiser state for {E_glo, U, R_loc} only (GCAD.md §7.3)."""
   tx = make_optimizer(config)
@@ -109,8 +121,10 @@ def preprocess_examples(config, step, images, train: bool):
   return jax.vmap(one)(keys, images)
 
 
-def _adam_update(tx, grads, opt_state, params):
+def _adam_update(tx, grads, opt_state, params, lr_factor=1.0):
+  """One Adam step; `lr_factor` scales it (the coupled decay sits inside the step, so this is lr · factor)."""
   updates, opt_state = tx.update(grads, opt_state, params)
+  updates = jax.tree.map(lambda u: u * lr_factor, updates)
   return optax.apply_updates(params, updates), opt_state
 
 
@@ -125,6 +139,7 @@ def train_step(state: TrainState, images, features=None, *, nets, config, steps_
   """
   tx = make_optimizer(config)
   epoch = fractional_epoch(state.step, steps_per_epoch)
+  lr_factor = learning_rate_factor(config, state.step, steps_per_epoch * config.train.epochs)
   x = preprocess_examples(config, state.step, images, train=True)
   if features is None:
     f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
@@ -142,11 +157,12 @@ def train_step(state: TrainState, images, features=None, *, nets, config, steps_
   grads, losses = jax.grad(loss_fn, has_aux=True)({k: state.params[k] for k in trained})
   grads = jax.lax.pmean(grads, parallel.AXIS)
   main, opt_state_main = _adam_update(tx, {k: grads[k] for k in MAIN}, state.opt_state_main,
-                                      {k: state.params[k] for k in MAIN})
+                                      {k: state.params[k] for k in MAIN}, lr_factor)
   params = {**state.params, **main}
   opt_state_rglo = state.opt_state_rglo
   if with_glo:
-    params[RGLO], opt_state_rglo = _adam_update(tx, grads[RGLO], opt_state_rglo, state.params[RGLO])
+    params[RGLO], opt_state_rglo = _adam_update(tx, grads[RGLO], opt_state_rglo, state.params[RGLO],
+                                                  lr_factor)
   metrics = {k: jnp.mean(losses[k]) if k in losses else jnp.zeros(()) for k in LOSSES}
   metrics = jax.lax.pmean(metrics, parallel.AXIS)
   new_state = state.replace(step=state.step + 1, params=params, opt_state_main=opt_state_main,
@@ -681,7 +697,8 @@ def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, cou
   means = {k: float(v) / count for k, v in parallel.unreplicate(accumulated, mode).items()}
   epoch = fractional_epoch(done, steps_per_epoch)
   weights = np.asarray(skip_weights(config, epoch))
-  scalars = dict(means, learning_rate=config.optim.learning_rate, epoch=epoch)
+  lr = config.optim.learning_rate * float(learning_rate_factor(config, done, total_steps))
+  scalars = dict(means, learning_rate=lr, epoch=epoch)
   scalars.update({f'skip_weight_{name}': float(w) for name, w in zip(global_net.SKIP_NAMES, weights)})
   writer.write_scalars(done, scalars)
   logging.info('p%d epoch %.2f step %d/%d: total %.5g  l_loc %.5g  l_kd %.5g  l_glo %.5g  skips %s', p, epoch,

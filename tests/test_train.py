@@ -92,6 +92,29 @@ def _run(state, steps: int, num_devices: int = 1, mode: str = 'shard_map', with_
   return parallel.unreplicate(state, mode), metrics
 
 
+def test_cosine_schedule_scales_the_adam_step_by_its_factor():
+  """optim.schedule='cosine' [I]: factor 1 → 0.5 → 0 over the run; at mid-run a step moves half as far."""
+  config, nets, state, images = _setup()
+  cosine = config.copy_and_resolve_references()
+  cosine.optim.schedule = 'cosine'
+  steps_per_epoch = 2
+  total = steps_per_epoch * config.train.epochs
+  assert train.learning_rate_factor(config, total // 2, total) == 1.0
+  np.testing.assert_allclose([float(train.learning_rate_factor(cosine, s, total)) for s in (0, total // 2, total)],
+                             [1.0, 0.5, 0.0], atol=1e-6)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  mid = state.replace(step=np.int32(total // 2))
+  deltas = []
+  for c in (config, cosine):
+    fn = functools.partial(train.train_step, nets=nets, config=c, steps_per_epoch=steps_per_epoch, with_glo=False)
+    after, _ = parallel.map_per_device(fn, 'shard_map', mesh)(parallel.replicate(mid, 'shard_map', mesh),
+                                                              parallel.shard_batch(images, 'shard_map', mesh))
+    after = parallel.unreplicate(after, 'shard_map')
+    deltas.append(jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), after.params['r_loc'],
+                               mid.params['r_loc']))
+  _assert_trees_close(jax.tree.map(lambda d: 0.5 * d, deltas[0]), deltas[1], rel=1e-4)
+
+
 def test_eloc_statistics_standardise_the_training_features():
   """GCAD.md §11.7: with the streamed μ, σ the training features have per-channel mean ≈ 0, std ≈ 1."""
   config, nets, state, images = _setup()
