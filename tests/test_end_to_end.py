@@ -17,6 +17,7 @@ from gcad_jax import input_pipeline
 from tfds_loco import build as tfds_build
 from tfds_loco import layout
 from tfds_loco import synthetic
+import train_worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = 'synthetic_grid'
@@ -34,12 +35,7 @@ def dataset(tmp_path_factory):
 
 
 def _config(root):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location('tiny_config', ROOT / 'configs' / 'tiny.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = train_worker.load_config(ROOT / 'configs' / 'tiny.py')
   config.dataset.category = CATEGORY
   config.dataset.manual_dir = str(root / 'synthetic')
   config.dataset.data_dir = str(root / 'tfds')

@@ -1,7 +1,6 @@
 """gcad_jax/predict.py: `python -m gcad_jax.predict` on a trained tiny workdir (GCAD.md §8; issue 4 item 7)."""
 
 import csv
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -14,6 +13,7 @@ import tifffile
 from gcad_jax import parallel, predict, train
 from tfds_loco import layout
 from tfds_loco import synthetic
+import train_worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = 'synthetic_grid'
@@ -25,10 +25,7 @@ def trained(tmp_path_factory):
   """A tiny GCAD trained one epoch and evaluated on all 8 fake devices (W/anomaly_maps, score_norm.json)."""
   root = tmp_path_factory.mktemp('predict')
   synthetic.generate(root / 'data', CATEGORY, seed=7, size=(96, 64), counts=COUNTS)
-  spec = importlib.util.spec_from_file_location('tiny_config', ROOT / 'configs' / 'tiny.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = train_worker.load_config(ROOT / 'configs' / 'tiny.py')
   config.dataset.category = CATEGORY
   config.dataset.manual_dir = str(root / 'data')
   config.dataset.data_dir = str(root / 'tfds')
