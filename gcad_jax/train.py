@@ -466,9 +466,8 @@ def _quarantine(ckpt_dir: epath.Path, step: int) -> str:
   if jax.process_index() == 0:
     target.parent.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / str(step)).rename(target)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(f'gcad_jax quarantine {step}')
+  if jax.process_count() > 1:  # Orbax's barrier: --experimental_orbax_use_distributed_barrier applies here too.
+    ocp.multihost.sync_global_processes(f'gcad_jax_quarantine_{step}')
   return f'; moved it to {target}'
 
 
@@ -811,14 +810,19 @@ def check_same_run(config, workdir) -> None:
 
 
 def _check_existing_checkpoints(config, workdir, train_data) -> None:
-  """Every scale's newest checkpoint (if any) must resume under this config; checked before any write."""
+  """Every scale's newest checkpoint (if any) must resume under this config; checked before any write.
+
+  Multi-process: every process looks before a barrier, and nothing is written before it. Otherwise a late
+  process would see the `checkpoints` folder that process 0 had just created, open one Orbax manager more
+  than the others (each opening is a barrier) and hang.
+  """
   num_examples = len(train_data.images)
   steps_per_epoch = _steps_per_epoch(config, num_examples)
+  existing = [p for p in config.model.scales if (_scale_dir(workdir, p) / 'checkpoints').exists()]
+  ocp.multihost.sync_global_processes('gcad_jax_checked_existing_checkpoints')
   found = False
-  for p in config.model.scales:
+  for p in existing:
     scale_dir = _scale_dir(workdir, p)
-    if not (scale_dir / 'checkpoints').exists():
-      continue
     mngr = checkpoint_manager(config, scale_dir)
     meta = newest_meta(mngr)
     if meta is not None:

@@ -5,6 +5,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -57,18 +58,38 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _communicate_all(procs, timeout: float) -> list[str]:
+  """Outputs of all `procs`; if any outlives `timeout` seconds, kills them all and fails with every output."""
+  deadline = time.monotonic() + timeout
+  outputs = []
+  try:
+    for p in procs:
+      outputs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1))[0])
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    tails = [f'--- process {i}:\n{(p.communicate()[0] or "")[-3000:]}' for i, p in enumerate(procs)]
+    pytest.fail(f'the processes ran past {timeout:.0f}s (a hang in a collective?):\n' + '\n'.join(tails))
+  return outputs
+
+
 def test_two_processes_form_one_mesh_and_train_like_one_process(tmp_path, monkeypatch):
   """2 processes × 2 fake CPU devices (gloo) = one 4-device mesh: psum is right, and 4 steps of training
-  give the parameters of one process with 4 devices (to 1e-6: only the all-reduce order differs)."""
+  give the parameters of one process with 4 devices (to 1e-6: only the all-reduce order differs).
+
+  Process 1 starts training 3 s late: it must not see process 0's fresh `checkpoints` folder as a run to
+  resume (that opened one Orbax manager, a barrier, more than process 0 had, and hung one run in ten).
+  """
   overrides = {'train.epochs': 2, 'train.rglo_start_epoch': 10.0, 'augment.enabled': False}
   port = _free_port()
   env = dict(os.environ, GCAD_TEST_DEVICES='2', GCAD_TEST_COORDINATOR=f'127.0.0.1:{port}',
              GCAD_TEST_NUM_PROCESSES='2', **train_worker.cache_env())
   command = [sys.executable, str(ROOT / 'tests' / 'train_worker.py'), f'--config={TINY}',
              f'--workdir={tmp_path / "two"}', '--mode=train', *train_worker.flags(overrides)]
-  procs = [subprocess.Popen(command, env=dict(env, GCAD_TEST_PROCESS_ID=str(i)), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for i in range(2)]
-  outputs = [p.communicate(timeout=300)[0] for p in procs]
+  envs = [dict(env, GCAD_TEST_PROCESS_ID=str(i), GCAD_TEST_START_DELAY=str(3 * i)) for i in range(2)]
+  procs = [subprocess.Popen(command, env=e, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+           for e in envs]
+  outputs = _communicate_all(procs, timeout=300)
   for i, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, f'process {i} failed:\n{out[-3000:]}'
     assert f'PSUM process {i}/2 devices 4: 6.0 expected 6.0' in out

@@ -12,6 +12,7 @@ Environment (all optional):
   GCAD_TEST_KILL_IN_EVAL   SIGKILL itself while writing validation_losses.json (temporary file written)
   GCAD_TEST_COORDINATOR, GCAD_TEST_NUM_PROCESSES, GCAD_TEST_PROCESS_ID
                            join a multi-process run on loopback (gloo CPU collectives) and check a psum
+  GCAD_TEST_START_DELAY    seconds to sleep before `gcad_jax.main` starts (after the psum): a slow process
 """
 
 import os
@@ -157,6 +158,7 @@ def main():
     _kill_in_save(int(os.environ['GCAD_TEST_KILL_IN_SAVE']))
   if 'GCAD_TEST_KILL_IN_EVAL' in os.environ:
     _kill_in_eval()
+  time.sleep(float(os.environ.get('GCAD_TEST_START_DELAY', '0')))
   app.run(gcad_main.main, argv=[sys.argv[0]] + sys.argv[1:])
 
 
