@@ -64,9 +64,9 @@ PAPER = {
 CPU = {  # configs/synthetic.py
     'dataset': {'image_size': (128, 128)}, 'model': {'scales': (17,)},
     'eglo': {'g': 16, 'd_glo': 8, 'enc_channels': (16, 16, 32, 32, 32, 32),
-             'dec_channels': (32, 32, 32, 32, 16, 16, 16), 'skip_fade': {'end_epoch': 20.0}},
+             'dec_channels': (32, 32, 32, 32, 16, 16, 16), 'skip_fade': {'end_epoch': 40.0}},
     'u': {'hidden': (32, 32)}, 'unet': {'depth': 4, 'wf': 4}, 'train': {'batch_size': 8},
-    'optim': {'learning_rate': 1e-3},
+    'optim': {'learning_rate': 5e-4},
 }
 TINY = {  # configs/tiny.py
     'dataset': {'image_size': (64, 64)}, 'model': {'scales': (17,)},
