@@ -81,9 +81,10 @@ def main(argv=None) -> int:
 
   _say(f'step 3/3: train and evaluate GCAD with configs/synthetic.py in {args.workdir}')
   config = load_config(ROOT / 'configs' / 'synthetic.py', 'short' if args.schedule == 'short' else '')
+  hint = '; --schedule full trains the one docs/quality.md measures' if args.schedule == 'short' else ''
   _say(f'  schedule: {args.schedule} ({config.train.epochs} epochs, R_glo from epoch '
-       f'{config.train.rglo_start_epoch:g}, skips gone by {config.eglo.skip_fade.end_epoch:g}, Adam '
-       f'{config.optim.learning_rate:g}){"; --schedule full for the one docs/quality.md measures" if args.schedule == "short" else ""}')
+       f'{config.train.rglo_start_epoch:g}, skips gone by {config.eglo.skip_fade.end_epoch:g}, '
+       f'Adam {config.optim.learning_rate:g}){hint}')
   config.dataset.category = args.category
   config.dataset.manual_dir = str(manual_dir)
   config.dataset.data_dir = str(data / 'tfds')
