@@ -78,7 +78,7 @@ def test_two_processes_form_one_mesh_and_train_like_one_process(tmp_path, monkey
   give the parameters of one process with 4 devices (to 1e-6: only the all-reduce order differs).
 
   Process 1 starts training 3 s late: it must not see process 0's fresh `checkpoints` folder as a run to
-  resume (that opened one Orbax manager, a barrier, more than process 0 had, and hung one run in ten).
+  resume (that opened one Orbax manager, a barrier, more than process 0 had, and hung 4 of 28 runs).
   """
   overrides = {'train.epochs': 2, 'train.rglo_start_epoch': 10.0, 'augment.enabled': False}
   port = _free_port()
