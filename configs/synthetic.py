@@ -57,8 +57,8 @@ def get_config(argument: str = ''):
   config.eglo.skip_fade.end_epoch = 40.0
   config.train.batch_size = 8
   # [I] 5x the paper's Adam step: 1,400 steps instead of ~11,000. At 1e-4 (100 epochs) L_loc and L_kd had
-  # barely left the features' variance; 1e-3 over 200 epochs made E_glo collapse when its last skip faded;
-  # 5e-4 was stable and the best measured (docs/quality.md).
+  # barely left the features' variance; 1e-3 over 200 epochs made E_glo collapse when its last skip faded
+  # (narrow teacher); 5e-4 was stable and the best measured (docs/quality.md).
   config.optim.learning_rate = 5e-4
   config.train.checkpoint_every_steps = 50
   config.train.log_every_steps = 10
