@@ -63,10 +63,5 @@ def get_config(argument: str = ''):
   config.train.checkpoint_every_steps = 50
   config.train.log_every_steps = 10
   if short:
-    for key, value in SHORT_SCHEDULE.items():
-      *path, name = key.split('.')
-      node = config
-      for part in path:
-        node = node[part]
-      node[name] = value
+    config.update_from_flattened_dict(SHORT_SCHEDULE)
   return config

@@ -466,7 +466,7 @@ def _quarantine(ckpt_dir: epath.Path, step: int) -> str:
   if jax.process_index() == 0:
     target.parent.mkdir(parents=True, exist_ok=True)
     (ckpt_dir / str(step)).rename(target)
-  if jax.process_count() > 1:  # Orbax's barrier: --experimental_orbax_use_distributed_barrier applies here too.
+  if jax.process_count() > 1:  # The barrier Orbax's managers use.
     ocp.multihost.sync_global_processes(f'gcad_jax_quarantine_{step}')
   return f'; moved it to {target}'
 
