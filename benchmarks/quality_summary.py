@@ -3,7 +3,9 @@
   python benchmarks/quality_summary.py WORKDIR... [--limit 0.05] [--json out.json]
 
 Reads each WORKDIR/metrics.json (written by `gcad_jax.assess`: the combined maps under the official keys,
-the branches under 'variants'). Used by benchmarks/quality.sh; any finished workdir works.
+the branches under 'variants'), and from WORKDIR/p<p>/validation_losses.json the share of E_loc's variance
+that E_glo and U reproduce per scale (under 5 %: E_glo collapsed; `gcad_jax.train.warn_if_eglo_collapsed`).
+Used by benchmarks/quality.sh; any finished workdir works.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import argparse
 import json
 import pathlib
 import sys
+
+from gcad_jax import train
 
 KINDS = ('structural_anomalies', 'logical_anomalies', 'mean')
 
@@ -26,6 +30,17 @@ def figures(metrics: dict, limit: str) -> dict[str, dict[str, float]]:
       row[f'auroc_{kind}'] = m['classification']['auc_roc'].get(kind)
       row[f'spro_{kind}'] = m['localization']['auc_spro'].get(kind, {}).get(limit)
     out[name] = row
+  return out
+
+
+def kd_explained(workdir: pathlib.Path) -> dict[str, float]:
+  """{'p17': share, ...}: 1 − validation L_kd / that of a constant E_glo, per scale (train.kd_explained_fraction)."""
+  config = json.loads((workdir / 'config.json').read_text())
+  out = {}
+  for path in sorted(workdir.glob('p*/validation_losses.json')):
+    l_kd = json.loads(path.read_text())['l_kd']
+    out[path.parent.name] = train.kd_explained_fraction(l_kd, config['dataset']['image_size'],
+                                                        config['train']['loss_reduction'])
   return out
 
 
@@ -50,6 +65,10 @@ def main(argv=None) -> int:
     for name, row in table[workdir].items():
       print(f'{workdir[-40:]:40s} {name:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS) + ' | ' +
             ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS))
+    explained = kd_explained(pathlib.Path(workdir))
+    table[workdir]['kd_explained'] = explained
+    print(f'{"":40s} E_glo reproduces ' + ', '.join(
+        f'{p}: {100 * share:.1f} %' + (' (collapsed)' if share < train.MIN_KD_EXPLAINED else '') for p, share in explained.items()))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(table, indent=2))
   return 0 if table else 1

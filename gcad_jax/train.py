@@ -7,7 +7,7 @@ each with its own state and its own folder `workdir/p17`, `workdir/p33`:
   workdir/config.json, workdir/provenance.json      resolved config; code, packages, devices, seed, times
   workdir/p17/checkpoints/<step>/{state,meta}       Orbax: TrainState + JSON data position
   workdir/p17/events.out.tfevents.*                 clu metrics (losses, learning rate, skip weights)
-  workdir/p17/validation_losses.json                Eq. 2–5 terms on the validation images
+  workdir/p17/validation_losses.json                Eq. 2–5 terms on the validation images, kd_explained
 """
 
 from __future__ import annotations
@@ -615,11 +615,12 @@ def train_scale(config, workdir, p: int, train_data, mesh, stop: threading.Event
     state = parallel.replicate(create_train_state(config, trainable, e_loc_params, stats), mode, mesh)
   del trainable, e_loc_params
 
-  if config.train.cache_eloc and latest is not None:
+  finished = latest is not None and latest >= total_steps  # nothing to train: no features to cache
+  if config.train.cache_eloc and latest is not None and not finished:
     t0 = time.time()
     host = parallel.unreplicate({'p': state.e_loc_params, 's': state.eloc_stats}, mode)
     features, _ = cached_eloc_features(config, nets, host['p'], train_data.images, host['s'])
-  if config.train.cache_eloc:
+  if config.train.cache_eloc and not finished:
     logging.info('p%d: E_loc features of %d training images cached in %.1fs (%.2f GB on the host)', p,
                  num_examples, time.time() - t0, features.nbytes / 1e9)
   else:
@@ -740,6 +741,34 @@ def validation_losses(config, nets, state: TrainState, steps_per_epoch: int, ima
   return {k: float(v) / count for k, v in sums.items()} | {'num_images': int(count)}
 
 
+# E_glo and U together reproducing less than this share of E_loc's variance on the validation images means
+# E_glo passes (almost) nothing through its bottleneck: the global map is then noise that the scalar
+# normalisation (GCAD.md §8) scales up. On the synthetic scenes, runs that learnt reproduced 10–40 %,
+# collapsed or untrained ones at most 0.3 % (docs/quality.md).
+MIN_KD_EXPLAINED = 0.05
+
+
+def kd_explained_fraction(l_kd: float, image_size, loss_reduction: str) -> float:
+  """1 − L_kd / L_kd of a constant E_glo: the share of E_loc's variance that U(E_glo(x)) reproduces.
+
+  E_loc's features are standardised per channel on the training images (GCAD.md §3.4), so predicting their
+  mean gives L_kd ≈ H·W under 'sum_per_image' (Eq. 3 divided by d_loc) and ≈ 1 under 'mean_per_pixel'.
+  """
+  baseline = float(np.prod(image_size)) if loss_reduction == 'sum_per_image' else 1.0
+  return 1.0 - l_kd / baseline
+
+
+def warn_if_eglo_collapsed(p: int, losses: dict) -> None:
+  """Warns when E_glo has collapsed (see MIN_KD_EXPLAINED): the global branch then carries no signal."""
+  explained = losses['kd_explained']
+  if explained < MIN_KD_EXPLAINED:
+    logging.warning(
+        'WARNING: p%d: E_glo and U reproduce %.1f%% of E_loc\'s variance on the validation images (under '
+        '%d%%; L_kd %.0f, L_glo %.3g): E_glo has collapsed or not learnt, and the global map (and the '
+        'combined one) is noise. Retrain this scale; docs/quality.md, "E_glo collapse".', p, 100 * explained,
+        100 * MIN_KD_EXPLAINED, losses['l_kd'], losses['l_glo'])
+
+
 def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
   """Validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
 
@@ -763,6 +792,9 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
     step = meta['step']
     losses = validation_losses(config, nets, state, meta['steps_per_epoch'], val_data.images, mesh)
     losses['step'] = step
+    losses['kd_explained'] = kd_explained_fraction(losses['l_kd'], config.dataset.image_size,
+                                                   config.train.loss_reduction)
+    warn_if_eglo_collapsed(p, losses)
     results[p] = losses
     _write_json(scale_dir / 'validation_losses.json', losses)
     writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)

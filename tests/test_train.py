@@ -214,6 +214,18 @@ def test_config_validation_names_the_key(key, value, message):
     configlib.validate(config)
 
 
+@pytest.mark.parametrize('reduction, constant_l_kd', [('sum_per_image', 64 * 64), ('mean_per_pixel', 1.0)])
+def test_a_collapsed_eglo_is_reported(reduction, constant_l_kd, caplog):
+  """L_kd at the standardised features' variance (a constant E_glo): warned; 30 % of it reproduced: silent."""
+  config = train_worker.load_config(TINY, {'train.loss_reduction': reduction})
+  for l_kd, warned in ((1.001 * constant_l_kd, True), (0.7 * constant_l_kd, False)):
+    caplog.clear()
+    explained = train.kd_explained_fraction(l_kd, config.dataset.image_size, reduction)
+    assert explained == pytest.approx(1 - l_kd / constant_l_kd)
+    train.warn_if_eglo_collapsed(33, {'l_kd': l_kd, 'l_glo': 0.1, 'kd_explained': explained})
+    assert ('p33: E_glo and U reproduce' in caplog.text) == warned, caplog.text
+
+
 def test_batch_that_the_devices_cannot_split_is_refused_before_training(tmp_path):
   config = train_worker.load_config(TINY, {'train.batch_size': 12})
   with pytest.raises(configlib.ConfigError, match=r'config\.train\.batch_size: 12 is not divisible by the 8'):
@@ -277,7 +289,16 @@ def test_kill_after_a_checkpoint_and_restart_gives_the_uninterrupted_run(tmp_pat
   losses = train.train_and_evaluate(config, str(workdir), mode='eval')[17]
   assert losses['step'] == 6 and losses['num_images'] == 5
   written = json.loads((workdir / 'p17' / 'validation_losses.json').read_text())
+  assert written['kd_explained'] == pytest.approx(1 - written['l_kd'] / (64 * 64))
   assert written['total'] == pytest.approx(written['l_loc'] + written['l_kd'] + written['l_glo'], rel=1e-5)
+
+  # A finished run started again trains nothing and does not cache E_loc features it would not use.
+  cached = train_worker.load_config(TINY, {'augment.enabled': False, 'train.cache_eloc': True})
+  def no_caching(*args, **kwargs):
+    raise AssertionError('E_loc features cached for a scale that is already trained')
+  monkeypatch.setattr(train, 'cached_eloc_features', no_caching)
+  again = train.train(cached, workdir)[17]
+  _assert_trees_equal(parallel.unreplicate(again, config.parallel), reference)
 
   # A config that builds other shapes is refused, naming what differs.
   saved_config = (workdir / 'config.json').read_text()
