@@ -35,6 +35,8 @@ def figures(metrics: dict, limit: str) -> dict[str, dict[str, float]]:
 
 def kd_explained(workdir: pathlib.Path) -> dict[str, float]:
   """{'p17': share, ...}: 1 − validation L_kd / that of a constant E_glo, per scale (train.kd_explained_fraction)."""
+  if not (workdir / 'config.json').is_file():
+    return {}
   config = json.loads((workdir / 'config.json').read_text())
   out = {}
   for path in sorted(workdir.glob('p*/validation_losses.json')):
@@ -67,8 +69,10 @@ def main(argv=None) -> int:
             ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS))
     explained = kd_explained(pathlib.Path(workdir))
     table[workdir]['kd_explained'] = explained
-    print(f'{"":40s} E_glo reproduces ' + ', '.join(
-        f'{p}: {100 * share:.1f} %' + (' (collapsed)' if share < train.MIN_KD_EXPLAINED else '') for p, share in explained.items()))
+    if explained:
+      shares = [f'{p}: {100 * share:.1f} %' + (' (collapsed)' if share < train.MIN_KD_EXPLAINED else '')
+                for p, share in explained.items()]
+      print(f'{"":40s} E_glo reproduces ' + ', '.join(shares))
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(table, indent=2))
   return 0 if table else 1
