@@ -56,6 +56,27 @@ def test_bench_smoke(tmp_path):
     assert row['images_per_s'] > 0 and row['compile_s'] > 0 and row['reps'] == 2
     assert row['gflops_per_image'] > 0 and row['achieved_tflops'] > 0
   assert rows['train']['gflops_per_image'] > 1.3 * rows['latency']['gflops_per_image']  # + backward, Adam
+  # FLOPs are those of the program as written, the --flops_only count (GPUs' compiled count omits cuDNN's).
+  config, p = bench.preset_config('tiny', **{'unet.depth': 2})
+  assert rows['latency']['gflops_per_image'] == pytest.approx(bench.flop_counts(config, p, 1, ('infer',))['infer'])
+
+
+def test_cost_of_without_a_lowered_analysis():
+  """Where the backend cannot analyse the lowered program (GPUs), no FLOPs are taken from the compiled one."""
+
+  class Analysed:
+    def __init__(self, cost):
+      self.cost = cost
+
+    def cost_analysis(self):
+      return self.cost
+
+    def memory_analysis(self):
+      raise NotImplementedError
+
+  out = bench.cost_of(Analysed(None), Analysed({'flops': 1.0, 'bytes accessed': 8.0}))
+  assert 'flops' not in out and 'flops_note' in out and out['bytes_accessed'] == 8.0
+  assert bench.cost_of(Analysed([{'flops': 5.0}]), Analysed({}))['flops'] == 5.0
 
 
 def _primitive_counts(jaxpr, names=('conv_general_dilated', 'dot_general')):
