@@ -35,7 +35,8 @@ def get_config(argument: str = ''):
   config.dataset.data_dir = 'data/tfds'
   config.dataset.image_size = (128, 128)
   config.model.scales = (17,)
-  # The paper's E_loc widths, random (the shipped teachers are worse here: MODEL_CARD.md). Narrow ones
+  # The paper's E_loc widths, random: the shipped pretrained teachers lift the local branch but cost the
+  # global one more on two of three scenes (docs/quality.md, "The pretrained teacher"). Narrow ones
   # (32, 64, 64; d_loc 32) gave image AUROC 0.709 on connectors, these 0.863: E_glo distils richer features
   # (docs/quality.md). Augmentation off, so E_loc runs once per training image (train.cache_eloc).
   config.eloc.widths = (128, 256, 256)
