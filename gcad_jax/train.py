@@ -743,7 +743,7 @@ def validation_losses(config, nets, state: TrainState, steps_per_epoch: int, ima
 
 # E_glo and U together reproducing less than this share of E_loc's variance on the validation images means
 # E_glo passes (almost) nothing through its bottleneck: the global map is then noise that the scalar
-# normalisation (GCAD.md §8) scales up. On the synthetic scenes, runs that learnt reproduced 10–60 %,
+# normalisation (GCAD.md §8) scales up. On the synthetic scenes, runs that learnt reproduced 10–82 %,
 # collapsed or untrained ones at most 0.3 % (docs/quality.md).
 MIN_KD_EXPLAINED = 0.05
 
