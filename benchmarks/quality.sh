@@ -5,23 +5,36 @@
 # per scene on 2 CPU cores, 22 of them training. Figures and what limits them: docs/quality.md.
 #
 #   benchmarks/quality.sh [OUT=runs/quality] [SCENES="synthetic_tray synthetic_connectors synthetic_grid"]
-#                         [SEEDS="0"] [extra --config.* overrides...]
+#                         [SEEDS="0"] [DATA=data/synthetic] [TFDS=data/tfds] [COUNTS=]
+#                         [extra --config.* overrides...]
 #
-# Data: data/synthetic/<scene> (generated when missing) and data/tfds (built on first use). Each run is
-# resumable: rerunning the script continues unfinished runs from their checkpoints and skips finished ones.
+# Data: DATA/<scene> (generated when missing, with the generator's COUNTS if given, e.g.
+# COUNTS=good=100,logical=100,structural=100 for a larger test set; images are drawn per index, so the
+# default folders' images are the first ones of any larger count) and TFDS (built on first use; give every
+# DATA its own TFDS). Each run is resumable: rerunning the script continues unfinished runs from their
+# checkpoints and skips finished ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quality}
 [[ $# -gt 0 ]] && shift
 SCENES=${SCENES:-synthetic_tray synthetic_connectors synthetic_grid}
 SEEDS=${SEEDS:-0}
+DATA=${DATA:-data/synthetic}
+TFDS=${TFDS:-data/tfds}
+COUNTS=${COUNTS:-}
 PY=${PY:-.venv/bin/python}
 [[ -x $PY ]] || { echo "quality.sh: $PY not found; run ./run.sh test once (it creates .venv) or set PY" >&2; exit 1; }
 mkdir -p "$OUT"
 workdirs=()
 for scene in $SCENES; do
-  if [[ ! -d data/synthetic/$scene ]]; then
-    "$PY" -m tfds_loco.synthetic --out data/synthetic --seed 0 --category "$scene"
+  if [[ ! -d $DATA/$scene ]]; then
+    "$PY" -m tfds_loco.synthetic --out "$DATA" --seed 0 --category "$scene" ${COUNTS:+--counts "$COUNTS"}
+  elif [[ -n $COUNTS ]]; then  # an existing folder must hold the counts asked for
+    "$PY" -c 'import json, sys; have = json.load(open(sys.argv[1]))["counts"]
+want = dict((k, int(v)) for k, v in (kv.split("=") for kv in sys.argv[2].split(",")))
+bad = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
+sys.exit(f"quality.sh: {sys.argv[1]} has other counts (have, asked): {bad}; use another DATA" if bad else 0)' \
+      "$DATA/$scene.manifest.json" "$COUNTS"
   fi
   for seed in $SEEDS; do
     w=$OUT/${scene}_seed$seed
@@ -32,7 +45,8 @@ for scene in $SCENES; do
     fi
     echo "[quality] $scene, training seed $seed -> $w ($(date -u +%H:%M:%S))"
     start=$(date +%s)
-    "$PY" -m gcad_jax.main --config="configs/synthetic.py:$scene" --workdir="$w" --config.seed="$seed" "$@" \
+    "$PY" -m gcad_jax.main --config="configs/synthetic.py:$scene" --workdir="$w" --config.seed="$seed" \
+      --config.dataset.manual_dir="$DATA" --config.dataset.data_dir="$TFDS" "$@" \
       > "$w.log" 2>&1 || { echo "[quality] $w failed; see $w.log" >&2; exit 1; }
     echo "[quality] $w: $(( $(date +%s) - start )) s"
   done
