@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.train.rglo_start_epoch = 50.0  # R_glo and L_glo join here [P]
   config.train.loss_reduction = 'sum_per_image'  # or 'mean_per_pixel' (GCAD.md §12 #17)
   config.train.stop_grad_eglo_in_lglo = False
+  # [I] Epochs over which L_glo's gradient into E_glo ramps from 0 (at rglo_start_epoch) to 1; 0 = the
+  # paper's joint loss from the switch on. A remedy for E_glo's collapse at the switch (docs/quality.md).
+  config.train.lglo_eglo_grad_ramp_epochs = 0.0
   config.train.drop_last = True
   config.train.cache_eloc = False  # opt-in; refused when any augmentation is on
   config.train.checkpoint_every_steps = 1000
@@ -229,6 +232,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.train.epochs > 0, 'train.epochs', f'{config.train.epochs} must be > 0')
   _require(config.train.batch_size > 0, 'train.batch_size', f'{config.train.batch_size} must be > 0')
   _require(config.train.rglo_start_epoch >= 0, 'train.rglo_start_epoch', 'must be >= 0')
+  _require(config.train.lglo_eglo_grad_ramp_epochs >= 0, 'train.lglo_eglo_grad_ramp_epochs', 'must be >= 0')
   _one_of(config, 'train.loss_reduction', ('sum_per_image', 'mean_per_pixel'))
   for key in ('checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     _require(config.train[key] >= 1, f'train.{key}', f'{config.train[key]} must be >= 1')

@@ -105,6 +105,19 @@ def skip_weights(config, epoch):
                                  levels=config.eglo.skip_levels)
 
 
+def eglo_grad_scale_in_lglo(config, epoch):
+  """The share of L_glo's gradient that reaches E_glo at fractional `epoch` [I] (docs/quality.md).
+
+  None (all of it: the paper's joint loss, GCAD.md §7.2) unless `train.lglo_eglo_grad_ramp_epochs` > 0; then
+  it rises linearly from 0 at `train.rglo_start_epoch` to 1 that many epochs later, so that R_glo first
+  learns to follow E_glo before its large early error can pull E_glo's z towards a constant.
+  """
+  ramp = config.train.lglo_eglo_grad_ramp_epochs
+  if not ramp:
+    return None
+  return jnp.clip((epoch - config.train.rglo_start_epoch) / ramp, 0.0, 1.0)
+
+
 def preprocess_examples(config, step, images, train: bool):
   """Augments (when `train`) and normalises this device's uint8 images (GCAD.md §7.4).
 
@@ -151,7 +164,8 @@ def train_step(state: TrainState, images, features=None, *, nets, config, steps_
   def loss_fn(sub):
     losses = gcad.per_image_losses(
         nets, {**state.params, **sub}, f, x, weights, with_glo=with_glo,
-        reduction=config.train.loss_reduction, stop_grad_eglo_in_lglo=config.train.stop_grad_eglo_in_lglo)
+        reduction=config.train.loss_reduction, stop_grad_eglo_in_lglo=config.train.stop_grad_eglo_in_lglo,
+        eglo_grad_scale_in_lglo=eglo_grad_scale_in_lglo(config, epoch))
     return jnp.mean(losses['total']), losses
 
   grads, losses = jax.grad(loss_fn, has_aux=True)({k: state.params[k] for k in trained})

@@ -448,16 +448,25 @@ def test_gradient_flow(tiny):
     stage1 = jax.grad(loss, argnums=1)(e_glo, r_glo, 'total', with_glo=False)
     l_glo = jax.grad(loss, argnums=(0, 1))(e_glo, r_glo, 'l_glo', with_glo=True)
     stopped = jax.grad(loss)(e_glo, r_glo, 'l_glo', with_glo=True, stop_grad_eglo_in_lglo=True)
+    # train.lglo_eglo_grad_ramp_epochs: a share of L_glo's gradient reaches E_glo; the loss is unchanged.
+    scaled = {share: jax.grad(loss)(e_glo, r_glo, 'l_glo', with_glo=True, eglo_grad_scale_in_lglo=share)
+              for share in (0.0, 0.25)}
+    values = [loss(e_glo, r_glo, 'l_glo', with_glo=True, eglo_grad_scale_in_lglo=share)
+              for share in (None, 0.25)]
     # E_loc is frozen: no gradient reaches its parameters through f.
     e_loc_grad = jax.grad(lambda p: models.eloc_features(nets, p, stats, x).sum())(e_loc)
     return {'stage1 r_glo': norm(stage1), 'l_glo e_glo': norm(l_glo[0]), 'l_glo r_glo': norm(l_glo[1]),
-            'stopped e_glo': norm(stopped), 'e_loc': norm(e_loc_grad)}
+            'stopped e_glo': norm(stopped), 'e_loc': norm(e_loc_grad), 'share 0 e_glo': norm(scaled[0.0]),
+            'share 0.25 e_glo': norm(scaled[0.25]), 'loss joint': values[0], 'loss share 0.25': values[1]}
 
   norms = {name: float(value) for name, value in run(trainable, e_loc).items()}
   assert norms['stage1 r_glo'] == 0.0  # stage 1: R_glo untouched
   assert norms['l_glo r_glo'] > 0
   assert norms['l_glo e_glo'] > 0  # no stop-gradient on z by default (§7.2)
   assert norms['stopped e_glo'] == 0.0
+  assert norms['share 0 e_glo'] == 0.0
+  np.testing.assert_allclose(norms['share 0.25 e_glo'], 0.25 * norms['l_glo e_glo'], rtol=1e-4)
+  assert norms['loss share 0.25'] == norms['loss joint']
   assert norms['e_loc'] == 0.0
 
 

@@ -92,6 +92,18 @@ def _run(state, steps: int, num_devices: int = 1, mode: str = 'shard_map', with_
   return parallel.unreplicate(state, mode), metrics
 
 
+def test_lglo_eglo_grad_ramp():
+  """train.lglo_eglo_grad_ramp_epochs [I]: 0 keeps the joint loss; else 0 → 1 over that many epochs."""
+  config = configlib.base_config()
+  assert train.eglo_grad_scale_in_lglo(config, 60.0) is None
+  config.train.lglo_eglo_grad_ramp_epochs = 10.0
+  shares = [float(train.eglo_grad_scale_in_lglo(config, e)) for e in (50.0, 55.0, 60.0, 400.0)]
+  np.testing.assert_allclose(shares, [0.0, 0.5, 1.0, 1.0])
+  config.train.lglo_eglo_grad_ramp_epochs = -1.0
+  with pytest.raises(configlib.ConfigError, match='lglo_eglo_grad_ramp_epochs'):
+    configlib.validate(config)
+
+
 def test_cosine_schedule_scales_the_adam_step_by_its_factor():
   """optim.schedule='cosine' [I]: factor 1 → 0.5 → 0 over the run; at mid-run a step moves half as far."""
   config, nets, state, images = _setup()

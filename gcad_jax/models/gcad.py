@@ -116,12 +116,15 @@ def _per_image(diff: jnp.ndarray, reduction: str) -> jnp.ndarray:
 
 def per_image_losses(nets: GCADNets, trainable: Mapping[str, Any], f: jnp.ndarray, x: jnp.ndarray,
                      skip_weights: jnp.ndarray, *, with_glo: bool, reduction: str = 'sum_per_image',
-                     stop_grad_eglo_in_lglo: bool = False) -> dict[str, jnp.ndarray]:
+                     stop_grad_eglo_in_lglo: bool = False,
+                     eglo_grad_scale_in_lglo=None) -> dict[str, jnp.ndarray]:
   """Per-image (B,) losses l_loc, l_kd, l_glo (Eq. 2–4, each /d) and total (Eq. 5) (GCAD.md §7.1–§7.2).
 
   `with_glo` (a Python bool) adds L_glo (stage 2, §7.3); when False R_glo is not evaluated, `trainable`
   need not hold 'r_glo', and l_glo is zeros. With 'mean_per_pixel' each term is the mean over H, W, C,
   i.e. the 'sum_per_image' value divided by H·W. The caller averages over the batch.
+  L_glo's gradient into E_glo: all of it (the paper's joint loss), none (`stop_grad_eglo_in_lglo`), or
+  `eglo_grad_scale_in_lglo` (a scalar in [0, 1], may be traced) times it; the loss values are the same.
   """
   if reduction not in REDUCTIONS:
     raise ValueError(f'config.train.loss_reduction: {reduction!r} is not one of {list(REDUCTIONS)}')
@@ -132,13 +135,21 @@ def per_image_losses(nets: GCADNets, trainable: Mapping[str, Any], f: jnp.ndarra
   l_kd = _per_image(f - u_z, reduction)
   if with_glo:
     r_glo = nets.r_glo.apply({'params': trainable['r_glo']}, x)
-    target = lax.stop_gradient(z) if stop_grad_eglo_in_lglo else z
+    target = lax.stop_gradient(z) if stop_grad_eglo_in_lglo else _scale_gradient(z, eglo_grad_scale_in_lglo)
     l_glo = _per_image(target - r_glo, reduction)
     total = l_kd + l_glo + l_loc
   else:
     l_glo = jnp.zeros_like(l_loc)
     total = l_kd + l_loc
   return {'l_loc': l_loc, 'l_kd': l_kd, 'l_glo': l_glo, 'total': total}
+
+
+def _scale_gradient(z: jnp.ndarray, scale) -> jnp.ndarray:
+  """z in the forward pass; `scale` times its gradient in the backward pass (None: z itself)."""
+  if scale is None:
+    return z
+  frozen = lax.stop_gradient(z)
+  return frozen + scale * (z - frozen)
 
 
 def anomaly_maps(nets: GCADNets, trainable: Mapping[str, Any], e_loc_params: Any, stats: Mapping[str, Any],
