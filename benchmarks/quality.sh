@@ -12,7 +12,7 @@
 # COUNTS=good=100,logical=100,structural=100 for a larger test set; images are drawn per index, so the
 # default folders' images are the first ones of any larger count) and TFDS (built on first use; give every
 # DATA its own TFDS). Each run is resumable: rerunning the script continues unfinished runs from their
-# checkpoints and skips finished ones.
+# checkpoints and skips finished ones. OUT/quality.json summarises every finished run under OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/quality}
@@ -25,7 +25,6 @@ COUNTS=${COUNTS:-}
 PY=${PY:-.venv/bin/python}
 [[ -x $PY ]] || { echo "quality.sh: $PY not found; run ./run.sh test once (it creates .venv) or set PY" >&2; exit 1; }
 mkdir -p "$OUT"
-workdirs=()
 for scene in $SCENES; do
   if [[ ! -d $DATA/$scene ]]; then
     "$PY" -m tfds_loco.synthetic --out "$DATA" --seed 0 --category "$scene" ${COUNTS:+--counts "$COUNTS"}
@@ -38,7 +37,6 @@ sys.exit(f"quality.sh: {sys.argv[1]} has other counts (have, asked): {bad}; use 
   fi
   for seed in $SEEDS; do
     w=$OUT/${scene}_seed$seed
-    workdirs+=("$w")
     if [[ -f $w/metrics.json ]]; then
       echo "[quality] $w: finished, skipped"
       continue
@@ -51,4 +49,8 @@ sys.exit(f"quality.sh: {sys.argv[1]} has other counts (have, asked): {bad}; use 
     echo "[quality] $w: $(( $(date +%s) - start )) s"
   done
 done
-"$PY" benchmarks/quality_summary.py "${workdirs[@]}" --json "$OUT/quality.json"
+# The summary covers every run under OUT, not only this invocation's: several invocations may share one OUT
+# (one scene each, to share the cores), and the last one to finish then writes the summary of all of them.
+shopt -s nullglob
+runs=("$OUT"/*_seed*/)
+"$PY" benchmarks/quality_summary.py "${runs[@]%/}" --json "$OUT/quality.json"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -73,8 +74,10 @@ def main(argv=None) -> int:
       shares = [f'{p}: {100 * share:.1f} %' + (' (collapsed)' if share < train.MIN_KD_EXPLAINED else '')
                 for p, share in explained.items()]
       print(f'{"":40s} E_glo reproduces ' + ', '.join(shares))
-  if args.json:
-    pathlib.Path(args.json).write_text(json.dumps(table, indent=2))
+  if args.json:  # Written whole, then renamed: two quality.sh runs on one OUT may finish together.
+    partial = pathlib.Path(f'{args.json}.{os.getpid()}.tmp')
+    partial.write_text(json.dumps(table, indent=2))
+    os.replace(partial, args.json)
   return 0 if table else 1
 
 
