@@ -309,12 +309,15 @@ def checkpoint_manager(config, scale_dir: epath.Path, cleanup: bool = False) -> 
 
   Orbax writes a step under `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` once every file is
   written, so a save that was killed is never listed (docs/reliability.md). `cleanup` (the training process
-  only, never a concurrent evaluation) removes such leftovers.
+  only, never a concurrent evaluation) removes such leftovers. A relative workdir is made absolute here:
+  orbax 0.12.8 refuses relative paths at the first save ("Checkpoint path should be absolute").
   """
+  ckpt_dir = scale_dir / 'checkpoints'
+  ckpt_dir = ckpt_dir if ckpt_dir.is_absolute() else ckpt_dir.absolute()
   options = ocp.CheckpointManagerOptions(save_interval_steps=config.train.checkpoint_every_steps,
                                          max_to_keep=config.train.keep_checkpoints, create=True,
                                          cleanup_tmp_directories=cleanup)
-  return ocp.CheckpointManager(scale_dir / 'checkpoints', options=options, item_names=('state', 'meta'))
+  return ocp.CheckpointManager(ckpt_dir, options=options, item_names=('state', 'meta'))
 
 
 def _abstract(tree, sharding):

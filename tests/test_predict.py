@@ -2,43 +2,16 @@
 
 import csv
 import json
-import pathlib
-import shutil
 
 import jax
 import numpy as np
 import pytest
 import tifffile
 
-from gcad_jax import parallel, predict, train
+from gcad_jax import parallel, predict
 from tfds_loco import layout
-from tfds_loco import synthetic
-import train_worker
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-CATEGORY = 'synthetic_grid'
-COUNTS = {'train': 8, 'validation': 4, 'good': 2, 'logical': 2, 'structural': 2}
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A tiny GCAD trained one epoch and evaluated on all 8 fake devices (W/anomaly_maps, score_norm.json)."""
-  root = tmp_path_factory.mktemp('predict')
-  synthetic.generate(root / 'data', CATEGORY, seed=7, size=(96, 64), counts=COUNTS)
-  config = train_worker.load_config(ROOT / 'configs' / 'tiny.py')
-  config.dataset.category = CATEGORY
-  config.dataset.manual_dir = str(root / 'data')
-  config.dataset.data_dir = str(root / 'tfds')
-  config.train.epochs = 1
-  train.train_and_evaluate(config, str(root / 'w'))
-  cat_dir = layout.category_dir(root / 'data', CATEGORY)
-  images = root / 'images'  # three test images (not a multiple of the 8 devices) and one validation image
-  images.mkdir()
-  tests = layout.list_split(cat_dir, 'test')[:3]
-  for r in tests:
-    shutil.copy(r.path, images / f'{r.kind}_{r.stem}.png')
-  shutil.copy(cat_dir / 'validation' / 'good' / '000.png', images / 'validation_000.png')
-  return root, tests
+CATEGORY = 'synthetic_grid'  # the category of conftest.py's `trained` workdir
 
 
 def _rows(path):

@@ -216,6 +216,17 @@ def test_a_state_with_nan_is_never_saved(tmp_path):
   assert mngr.all_steps() == [] and not list((tmp_path / 'checkpoints').iterdir())
 
 
+def test_a_relative_workdir_saves_and_reads_back(tmp_path, monkeypatch):
+  # `--workdir=runs/x`: orbax 0.12.8 refuses a relative path at the first save unless the manager resolves it.
+  monkeypatch.chdir(tmp_path)
+  mngr = train.checkpoint_manager(_config(), epath.Path('runs/x/p17'))
+  state = {'params': {'r_glo': {'kernel': np.array([1.0, 2.0], np.float32)}}, 'step': np.int32(3)}
+  train.save_checkpoint(mngr, state, {'step': 3, 'scale': 17}, 'shard_map', force=True)
+  mngr.wait_until_finished()
+  assert mngr.all_steps() == [3] and (tmp_path / 'runs/x/p17/checkpoints/3').is_dir()
+  assert train.read_meta(mngr, 3)['step'] == 3
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. Bad inputs: configs, workdirs, data files.
 

@@ -1,0 +1,114 @@
+"""Re-scores trained GCAD workdirs under each scoring choice of GCAD.md §8, without retraining.
+
+  python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--json out.json]
+
+The §8 choices left to us ([I], config fields) are the normalisation (`score.norm`: scalar μ, σ over all
+validation pixels, or per pixel) and whether the residual norm is squared (`score.squared`). Each workdir's
+networks run once on its validation and test images (the latest checkpoint of every scale, W/config.json);
+every (norm, squared) pair is then computed from those branch maps and evaluated with the exact evaluator
+(`gcad_jax.evaluate`), for the combined map and each branch alone. Prints mean image AUROC and AUC-sPRO@0.05
+per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from quality_summary import _fmt  # benchmarks/ is on the path when this script runs
+
+KINDS = ('structural', 'logical', 'mean')
+
+
+def variant_maps(a_loc: dict, a_glo: dict, val: dict, norm: str, squared: bool) -> dict[str, np.ndarray]:
+  """{'combined', 'local', 'global'} test maps from the raw branch maps {p: (N, h, w)} (§8 steps 1–3)."""
+  from gcad_jax import scoring  # pylint: disable=g-import-not-at-top
+  power = 2 if squared else 1
+  per_scale = []
+  for p in a_loc:
+    stats = scoring.norm_stats(val['loc'][p] ** power, val['glo'][p] ** power, mode=norm)
+    per_scale.append(scoring.scale_variants(a_loc[p] ** power, a_glo[p] ** power, stats))
+  return scoring.fuse_scales(per_scale)
+
+
+def raw_branch_maps(workdir: pathlib.Path):
+  """(config, validation {'loc','glo'}: {p: maps}, test SplitData, test {'loc','glo'}: {p: maps}), unsquared."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from gcad_jax import input_pipeline, parallel, scoring, train  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(json.loads((workdir / 'config.json').read_text()))
+  config.score.squared = False
+  mesh = parallel.make_mesh()
+  val_data = input_pipeline.load_split(config, 'validation')
+  test_data = input_pipeline.load_split(config, 'test')
+  val, test = {'loc': {}, 'glo': {}}, {'loc': {}, 'glo': {}}
+  for p in config.model.scales:
+    nets, state, _ = train.restore_latest(config, workdir, int(p), mesh)
+    val['loc'][p], val['glo'][p] = scoring.branch_maps(config, nets, state, val_data.images, mesh)
+    test['loc'][p], test['glo'][p] = scoring.branch_maps(config, nets, state, test_data.images, mesh)
+  return config, val, test_data, test
+
+
+def headline(metrics: dict) -> dict[str, float]:
+  from gcad_jax import report  # pylint: disable=g-import-not-at-top
+  h = report.headline(metrics)
+  return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
+
+
+def score_workdir(workdir: pathlib.Path, norms, squareds) -> dict:
+  from gcad_jax import evaluate, scoring  # pylint: disable=g-import-not-at-top
+  from tfds_loco import layout  # pylint: disable=g-import-not-at-top
+  t0 = time.perf_counter()
+  config, val, test_data, test = raw_branch_maps(workdir)
+  print(f'[score_variants] {workdir}: branch maps of {len(test_data)} test images in '
+        f'{time.perf_counter() - t0:.0f} s', flush=True)
+  cat_dir = layout.category_dir(config.dataset.manual_dir, config.dataset.category)
+  out = {}
+  for norm, squared in itertools.product(norms, squareds):
+    maps = variant_maps(test['loc'], test['glo'], val, norm, squared)
+    name = f'{norm},{"squared" if squared else "norm"}'
+    out[name] = {}
+    for variant in scoring.VARIANTS:
+      full = scoring.FullResMaps(test_data.image_ids, maps[variant], test_data.original_sizes)
+      out[name][variant] = headline(evaluate.evaluate_category(cat_dir, full, per_defect_type=False))
+  return out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('workdirs', nargs='+')
+  parser.add_argument('--norms', default='scalar,per_pixel', help='score.norm values, comma-separated')
+  parser.add_argument('--squared', default='no,yes', help='score.squared values: no, yes or both')
+  parser.add_argument('--json', default='', help='also write the figures to this file')
+  args = parser.parse_args(argv)
+  norms = [n for n in args.norms.split(',') if n]
+  flags = {'no': False, 'yes': True}
+  bad = [s for s in args.squared.split(',') if s not in flags]
+  if bad or not norms:
+    parser.error(f'--squared takes no and/or yes (got {bad}); --norms at least one value')
+  squareds = [flags[s] for s in args.squared.split(',')]
+  table = {}
+  for workdir in args.workdirs:
+    path = pathlib.Path(workdir)
+    if not (path / 'config.json').is_file():
+      print(f'{workdir}: no config.json, skipped (not a gcad_jax workdir)', file=sys.stderr)
+      continue
+    table[workdir] = score_workdir(path, norms, squareds)
+    print(f'{"workdir":34s} {"norm,residual":18s} {"maps":8s}  AUROC str  log   mean | sPRO@0.05 str  log   mean')
+    for name, rows in table[workdir].items():
+      for variant, row in rows.items():
+        print(f'{workdir[-34:]:34s} {name:18s} {variant:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS)
+              + ' | ' + ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS), flush=True)
+  if args.json:
+    from gcad_jax import atomic_io  # pylint: disable=g-import-not-at-top
+    atomic_io.write_json(pathlib.Path(args.json), table, indent=2)
+  return 0 if table else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

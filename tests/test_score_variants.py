@@ -1,0 +1,52 @@
+"""benchmarks/score_variants.py: re-scoring a trained workdir under each §8 scoring choice (GCAD.md §8)."""
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from gcad_jax import scoring
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import score_variants  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_variant_maps_follow_the_config_choices():
+  rng = np.random.default_rng(0)
+  val = {'loc': {17: rng.random((4, 6, 5)) + 0.1}, 'glo': {17: rng.random((4, 6, 5)) + 0.1}}
+  a_loc, a_glo = {17: rng.random((3, 6, 5))}, {17: rng.random((3, 6, 5))}
+  scalar = score_variants.variant_maps(a_loc, a_glo, val, 'scalar', squared=False)
+  want = scoring.scale_variants(a_loc[17], a_glo[17], scoring.norm_stats(val['loc'][17], val['glo'][17]))
+  for variant in scoring.VARIANTS:
+    np.testing.assert_allclose(scalar[variant], want[variant], rtol=1e-6)
+  per_pixel_squared = score_variants.variant_maps(a_loc, a_glo, val, 'per_pixel', squared=True)
+  loc2 = val['loc'][17] ** 2
+  np.testing.assert_allclose(per_pixel_squared['local'],
+                             (a_loc[17] ** 2 - loc2.mean(0)) / loc2.std(0), rtol=1e-5, atol=1e-5)
+
+
+def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_path, capsys):
+  root, _ = trained
+  workdir = root / 'w'
+  out = tmp_path / 'variants.json'
+  assert score_variants.main([str(workdir), '--norms', 'scalar,per_pixel', '--squared', 'no',
+                              '--json', str(out)]) == 0
+  table = json.loads(out.read_text())[str(workdir)]
+  assert set(table) == {'scalar,norm', 'per_pixel,norm'}
+  saved = json.loads((workdir / 'metrics.json').read_text())  # trained with score.norm scalar, not squared
+  sources = {'combined': saved, **saved['variants']}
+  for variant, metrics in sources.items():
+    assert table['scalar,norm'][variant]['auroc_mean'] == pytest.approx(metrics['classification']['auc_roc']['mean'])
+    assert table['scalar,norm'][variant]['spro_mean'] == pytest.approx(
+        metrics['localization']['auc_spro']['mean']['0.05'])
+  assert all(0.0 <= table['per_pixel,norm'][v]['auroc_mean'] <= 1.0 for v in scoring.VARIANTS)
+  assert 'per_pixel,norm' in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused(tmp_path):
+  with pytest.raises(SystemExit):
+    score_variants.main([str(tmp_path), '--squared', 'maybe'])
+  assert score_variants.main([str(tmp_path)]) == 1  # not a workdir: skipped, nothing scored
