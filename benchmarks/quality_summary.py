@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
-from gcad_jax import train
+from gcad_jax import atomic_io, train
 
 KINDS = ('structural_anomalies', 'logical_anomalies', 'mean')
 
@@ -75,9 +74,7 @@ def main(argv=None) -> int:
                 for p, share in explained.items()]
       print(f'{"":40s} E_glo reproduces ' + ', '.join(shares))
   if args.json:  # Written whole, then renamed: two quality.sh runs on one OUT may finish together.
-    partial = pathlib.Path(f'{args.json}.{os.getpid()}.tmp')
-    partial.write_text(json.dumps(table, indent=2))
-    os.replace(partial, args.json)
+    atomic_io.write_json(args.json, table, indent=2)
   return 0 if table else 1
 
 

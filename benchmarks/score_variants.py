@@ -6,8 +6,9 @@ The §8 choices left to us ([I], config fields) are the normalisation (`score.no
 validation pixels, or per pixel) and whether the residual norm is squared (`score.squared`). Each workdir's
 networks run once on its validation and test images (the latest checkpoint of every scale, W/config.json);
 every (norm, squared) pair is then computed from those branch maps and evaluated with the exact evaluator
-(`gcad_jax.evaluate`), for the combined map and each branch alone. Prints mean image AUROC and AUC-sPRO@0.05
-per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
+(`gcad_jax.evaluate`), for the combined map and each branch alone; a choice is labelled 'NORM,norm' (the
+residual's L2 norm) or 'NORM,squared'. Prints mean image AUROC and AUC-sPRO@0.05 per kind; writes nothing
+into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
 """
 
 from __future__ import annotations
