@@ -612,101 +612,101 @@ def train_scale(config, workdir, p: int, train_data, mesh, stop: threading.Event
   nets, trainable, e_loc_params = _init(config, p, train_data.images.shape[1:3])
   shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
 
-  mngr = checkpoint_manager(config, scale_dir, cleanup=True)
-  latest, meta, state = restore_newest(
-      mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
-      lambda m: check_checkpoint(config, scale_dir, m, shapes, steps_per_epoch, num_examples), mode, mesh,
-      quarantine=True)
-  if latest is not None:
-    logging.info('p%d: resumed from %s at step %d (epoch %d, batch %d)', p, scale_dir / 'checkpoints',
-                 latest, meta['epoch'], meta['batch'])
-  else:
-    e_loc_params = teacher_weights.load_teacher_params(config.teacher.init, p, e_loc_params)
-    t0 = time.time()
-    if config.train.cache_eloc:
-      features, stats = cached_eloc_features(config, nets, e_loc_params, train_data.images)
+  # Closed on every exit (NonFiniteError, Preempted, a failed restore too): no orphaned Orbax threads.
+  with contextlib.closing(checkpoint_manager(config, scale_dir, cleanup=True)) as mngr:
+    latest, meta, state = restore_newest(
+        mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
+        lambda m: check_checkpoint(config, scale_dir, m, shapes, steps_per_epoch, num_examples), mode, mesh,
+        quarantine=True)
+    if latest is not None:
+      logging.info('p%d: resumed from %s at step %d (epoch %d, batch %d)', p, scale_dir / 'checkpoints',
+                   latest, meta['epoch'], meta['batch'])
     else:
-      stats = compute_eloc_stats(config, nets, e_loc_params, train_data.images, mesh)
-    logging.info('p%d: E_loc statistics over %d training images in %.1fs (mean |μ| %.3g, mean σ %.3g)', p,
-                 num_examples, time.time() - t0, np.abs(stats['mean']).mean(), stats['std'].mean())
-    state = parallel.replicate(create_train_state(config, trainable, e_loc_params, stats), mode, mesh)
-  del trainable, e_loc_params
+      e_loc_params = teacher_weights.load_teacher_params(config.teacher.init, p, e_loc_params)
+      t0 = time.time()
+      if config.train.cache_eloc:
+        features, stats = cached_eloc_features(config, nets, e_loc_params, train_data.images)
+      else:
+        stats = compute_eloc_stats(config, nets, e_loc_params, train_data.images, mesh)
+      logging.info('p%d: E_loc statistics over %d training images in %.1fs (mean |μ| %.3g, mean σ %.3g)', p,
+                   num_examples, time.time() - t0, np.abs(stats['mean']).mean(), stats['std'].mean())
+      state = parallel.replicate(create_train_state(config, trainable, e_loc_params, stats), mode, mesh)
+    del trainable, e_loc_params
 
-  finished = latest is not None and latest >= total_steps  # nothing to train: no features to cache
-  if config.train.cache_eloc and latest is not None and not finished:
-    t0 = time.time()
-    host = parallel.unreplicate({'p': state.e_loc_params, 's': state.eloc_stats}, mode)
-    features, _ = cached_eloc_features(config, nets, host['p'], train_data.images, host['s'])
-  if config.train.cache_eloc and not finished:
-    logging.info('p%d: E_loc features of %d training images cached in %.1fs (%.2f GB on the host)', p,
-                 num_examples, time.time() - t0, features.nbytes / 1e9)
-  else:
-    features = None
+    finished = latest is not None and latest >= total_steps  # nothing to train: no features to cache
+    if config.train.cache_eloc and latest is not None and not finished:
+      t0 = time.time()
+      host = parallel.unreplicate({'p': state.e_loc_params, 's': state.eloc_stats}, mode)
+      features, _ = cached_eloc_features(config, nets, host['p'], train_data.images, host['s'])
+    if config.train.cache_eloc and not finished:
+      logging.info('p%d: E_loc features of %d training images cached in %.1fs (%.2f GB on the host)', p,
+                   num_examples, time.time() - t0, features.nbytes / 1e9)
+    else:
+      features = None
 
-  start = latest or 0
-  writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
-  report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  step_fns = {}
+    start = latest or 0
+    writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
+    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    step_fns = {}
 
-  def step_fn(with_glo):
-    if with_glo not in step_fns:
-      fn = functools.partial(train_step, nets=nets, config=config, steps_per_epoch=steps_per_epoch,
-                             with_glo=with_glo)
-      step_fns[with_glo] = parallel.map_per_device(fn, mode, mesh)
-    return step_fns[with_glo]
+    def step_fn(with_glo):
+      if with_glo not in step_fns:
+        fn = functools.partial(train_step, nets=nets, config=config, steps_per_epoch=steps_per_epoch,
+                               with_glo=with_glo)
+        step_fns[with_glo] = parallel.map_per_device(fn, mode, mesh)
+      return step_fns[with_glo]
 
-  def meta_at(done: int, rglo_started: bool) -> dict:
-    return {'step': done, 'epoch': done // steps_per_epoch, 'batch': done % steps_per_epoch,
-            'steps_per_epoch': steps_per_epoch, 'total_steps': total_steps, 'scale': p,
-            'rglo_started': rglo_started, 'seed': config.seed, 'num_train_examples': num_examples,
-            'param_shapes': shapes, 'model_config': _model_config(config)}
+    def meta_at(done: int, rglo_started: bool) -> dict:
+      return {'step': done, 'epoch': done // steps_per_epoch, 'batch': done % steps_per_epoch,
+              'steps_per_epoch': steps_per_epoch, 'total_steps': total_steps, 'scale': p,
+              'rglo_started': rglo_started, 'seed': config.seed, 'num_train_examples': num_examples,
+              'param_shapes': shapes, 'model_config': _model_config(config)}
 
-  rglo_started = state.opt_state_rglo is not None
-  accumulated, count, interval = None, 0, []  # interval: per-step losses since the last finiteness check
-  logging.info('p%d: %d steps (%d epochs × %d steps of %d images) on %d devices (%s), from step %d', p,
-               total_steps, config.train.epochs, steps_per_epoch, batch, jax.device_count(), mode, start)
-  for epoch in range(start // steps_per_epoch, config.train.epochs):
-    order = input_pipeline.epoch_batches(num_examples, batch, config.seed, epoch, jax.process_index(),
-                                         jax.process_count(), drop_last=config.train.drop_last)
-    for i in range(start % steps_per_epoch if epoch == start // steps_per_epoch else 0, steps_per_epoch):
-      step = epoch * steps_per_epoch + i
-      with_glo = fractional_epoch(step, steps_per_epoch) >= config.train.rglo_start_epoch
-      if with_glo and not rglo_started:
-        host = parallel.unreplicate(state, mode)
-        state = parallel.replicate(start_rglo(config, host), mode, mesh)
-        rglo_started = True
-        logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (GCAD.md §7.3)', p, step,
-                     fractional_epoch(step, steps_per_epoch))
-      batch_arrays = (train_data.images[order[i]],)
-      if features is not None:
-        batch_arrays += (features[order[i]],)
-      state, metrics = step_fn(with_glo)(state, *parallel.shard_batch(batch_arrays, mode, mesh))
-      accumulated = metrics if accumulated is None else jax.tree.map(jnp.add, accumulated, metrics)
-      interval.append(metrics)
-      count += 1
-      done = step + 1
-      report_progress(done)
-      log_now = done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1
-      preempted = stop is not None and stop.is_set()
-      save_now = done % config.train.checkpoint_every_steps == 0 or done == total_steps or preempted
-      if log_now or save_now:
-        _check_finite_losses(p, accumulated, interval, done, mode, mngr)
-        interval = []
-      if log_now:
-        _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode)
-        accumulated, count = None, 0
-      if save_now:
-        save_checkpoint(mngr, state, meta_at(done, rglo_started), mode, force=done == total_steps or preempted)
-      if preempted:
-        mngr.wait_until_finished()
-        writer.flush()
-        raise _preempted(p, done, scale_dir / 'checkpoints')
-  if start >= total_steps:
-    logging.info('p%d: already trained (%d steps) according to %s', p, total_steps, scale_dir / 'checkpoints')
-  mngr.wait_until_finished()
-  mngr.close()
-  writer.flush()
-  return state
+    rglo_started = state.opt_state_rglo is not None
+    accumulated, count, interval = None, 0, []  # interval: per-step losses since the last finiteness check
+    logging.info('p%d: %d steps (%d epochs × %d steps of %d images) on %d devices (%s), from step %d', p,
+                 total_steps, config.train.epochs, steps_per_epoch, batch, jax.device_count(), mode, start)
+    for epoch in range(start // steps_per_epoch, config.train.epochs):
+      order = input_pipeline.epoch_batches(num_examples, batch, config.seed, epoch, jax.process_index(),
+                                           jax.process_count(), drop_last=config.train.drop_last)
+      for i in range(start % steps_per_epoch if epoch == start // steps_per_epoch else 0, steps_per_epoch):
+        step = epoch * steps_per_epoch + i
+        with_glo = fractional_epoch(step, steps_per_epoch) >= config.train.rglo_start_epoch
+        if with_glo and not rglo_started:
+          host = parallel.unreplicate(state, mode)
+          state = parallel.replicate(start_rglo(config, host), mode, mesh)
+          rglo_started = True
+          logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (GCAD.md §7.3)', p, step,
+                       fractional_epoch(step, steps_per_epoch))
+        batch_arrays = (train_data.images[order[i]],)
+        if features is not None:
+          batch_arrays += (features[order[i]],)
+        state, metrics = step_fn(with_glo)(state, *parallel.shard_batch(batch_arrays, mode, mesh))
+        accumulated = metrics if accumulated is None else jax.tree.map(jnp.add, accumulated, metrics)
+        interval.append(metrics)
+        count += 1
+        done = step + 1
+        report_progress(done)
+        log_now = done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1
+        preempted = stop is not None and stop.is_set()
+        save_now = done % config.train.checkpoint_every_steps == 0 or done == total_steps or preempted
+        if log_now or save_now:
+          _check_finite_losses(p, accumulated, interval, done, mode, mngr)
+          interval = []
+        if log_now:
+          _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode)
+          accumulated, count = None, 0
+        if save_now:
+          save_checkpoint(mngr, state, meta_at(done, rglo_started), mode, force=done == total_steps or preempted)
+        if preempted:
+          mngr.wait_until_finished()
+          writer.flush()
+          raise _preempted(p, done, scale_dir / 'checkpoints')
+    if start >= total_steps:
+      logging.info('p%d: already trained (%d steps) according to %s', p, total_steps, scale_dir / 'checkpoints')
+    mngr.wait_until_finished()
+    writer.flush()
+    return state
 
 
 def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, mode) -> None:
@@ -725,19 +725,17 @@ def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, cou
 
 def latest_meta(config, workdir, p: int) -> dict:
   """The JSON data position saved with scale p's latest checkpoint."""
-  mngr = checkpoint_manager(config, _scale_dir(workdir, p))
-  meta = read_meta(mngr, mngr.latest_step())
-  mngr.close()
-  return meta
+  with contextlib.closing(checkpoint_manager(config, _scale_dir(workdir, p))) as mngr:
+    return read_meta(mngr, mngr.latest_step())
 
 
 def restore_latest(config, workdir, p: int, mesh=None):
   """(nets, state on the devices, meta) of scale p's latest checkpoint in `workdir`; refuses other shapes."""
   mesh = parallel.make_mesh() if mesh is None else mesh
   scale_dir = _scale_dir(workdir, p)
-  mngr = checkpoint_manager(config, scale_dir)
   nets, trainable, e_loc_params = _init(config, p, config.dataset.image_size)
   shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
+  mngr = checkpoint_manager(config, scale_dir)
   try:  # A corrupt newest checkpoint is reported and skipped, but left in place (no quarantine here).
     step, meta, state = restore_newest(
         mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
@@ -872,8 +870,8 @@ def _check_existing_checkpoints(config, workdir, train_data) -> None:
   found = False
   for p in existing:
     scale_dir = _scale_dir(workdir, p)
-    mngr = checkpoint_manager(config, scale_dir)
-    meta = newest_meta(mngr)
+    with contextlib.closing(checkpoint_manager(config, scale_dir)) as mngr:
+      meta = newest_meta(mngr)
     if meta is not None:
       found = True
       nets = gcad.build_nets(config, p)
@@ -881,7 +879,6 @@ def _check_existing_checkpoints(config, workdir, train_data) -> None:
           lambda: gcad.init_params(nets, jax.random.PRNGKey(0), tuple(train_data.images.shape[1:3])))
       shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
       check_checkpoint(config, scale_dir, meta, shapes, steps_per_epoch, num_examples)
-    mngr.close()
   if found:
     check_same_run(config, workdir)
 

@@ -178,6 +178,27 @@ def test_checksum_mismatch_is_corruption_and_no_intact_checkpoint_is_refused(ref
 # 2. Numerical faults.
 
 
+def _record_checkpoint_managers(monkeypatch) -> tuple[list, list]:
+  """Patches `train.checkpoint_manager` to list the managers it opens and those closed since."""
+  real = train.checkpoint_manager
+  opened, closed = [], []
+
+  def recording(*args, **kwargs):
+    mngr = real(*args, **kwargs)
+    real_close = mngr.close
+
+    def close():
+      closed.append(mngr)
+      real_close()
+
+    mngr.close = close
+    opened.append(mngr)
+    return mngr
+
+  monkeypatch.setattr(train, 'checkpoint_manager', recording)
+  return opened, closed
+
+
 def test_nan_loss_stops_training_naming_step_and_term_and_keeps_the_last_good_checkpoint(reference, tmp_path,
                                                                                           monkeypatch):
   """R_glo's parameters turn NaN before step 5 (checkpoints every 2 steps): the real step then gives
@@ -198,11 +219,15 @@ def test_nan_loss_stops_training_naming_step_and_term_and_keeps_the_last_good_ch
     return step
 
   monkeypatch.setattr(train.parallel, 'map_per_device', poisoned)
+  opened, closed = _record_checkpoint_managers(monkeypatch)
   workdir = tmp_path / 'run'
   with pytest.raises(train.NonFiniteError, match=r'p17: the loss term l_glo is nan at step 5 \(l_glo=nan, '
                                                  r'total=nan; .*last good checkpoint \(step 4\)'):
     train.train(_config(), workdir)
   assert _steps(workdir) == [2, 4]
+  # Every Orbax manager was closed despite the error (an abandoned one left a background thread that
+  # raised "Event loop is closed" at interpreter teardown).
+  assert opened and closed == opened
   _assert_trees_equal(_restore_step(_config(), workdir, 4), _restore_step(_config(), reference.workdir, 4))
 
 
