@@ -612,7 +612,7 @@ def train_scale(config, workdir, p: int, train_data, mesh, stop: threading.Event
   nets, trainable, e_loc_params = _init(config, p, train_data.images.shape[1:3])
   shapes = param_shapes({'params': trainable, 'e_loc_params': e_loc_params})
 
-  # Closed on every exit (NonFiniteError, Preempted, a failed restore too): no orphaned Orbax threads.
+  # Closed on every exit (NonFiniteError, Preempted, a failed restore too), with Orbax's background threads.
   with contextlib.closing(checkpoint_manager(config, scale_dir, cleanup=True)) as mngr:
     latest, meta, state = restore_newest(
         mngr, lambda m: _template(config, trainable, e_loc_params, m['rglo_started']),
