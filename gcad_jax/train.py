@@ -523,8 +523,24 @@ def _git_commit() -> str | None:
   return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _host_cpu() -> str:
+  """The CPU model and its widest SIMD extension, from /proc/cpuinfo (Linux); else `platform.processor()`.
+
+  Recorded because one config and seed trained on two hosts drifted apart (docs/quality.md, session 11).
+  """
+  try:
+    info = epath.Path('/proc/cpuinfo').read_text()
+  except OSError:
+    return platform.processor()
+  fields = dict(line.split(':', 1) for line in info.splitlines() if ':' in line)
+  fields = {k.strip(): v.strip() for k, v in fields.items()}
+  flags = set(fields.get('flags', '').split())
+  simd = next((f for f in ('avx512f', 'avx2', 'avx', 'sse4_2') if f in flags), 'none')
+  return f"{fields.get('model name', platform.processor())} ({simd})"
+
+
 def provenance(config) -> dict:
-  """Code, packages, devices, processes and seed of this run (written next to the checkpoints)."""
+  """Code, packages, devices, host CPU, XLA flags, processes and seed of this run (next to the checkpoints)."""
   packages = {}
   for name in ('jax', 'jaxlib', 'flax', 'optax', 'orbax-checkpoint', 'clu', 'numpy', 'ml_collections',
                'tensorflow-datasets', 'gcad_jax'):
@@ -536,7 +552,8 @@ def provenance(config) -> dict:
           'backend': jax.default_backend(), 'devices': [str(d) for d in jax.devices()],
           'device_kind': jax.devices()[0].device_kind, 'device_count': jax.device_count(),
           'process_count': jax.process_count(), 'seed': config.seed, 'parallel': config.parallel,
-          'hostname': platform.node(), 'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
+          'hostname': platform.node(), 'host_cpu': _host_cpu(), 'cpu_count': os.cpu_count(),
+          'xla_flags': os.environ.get('XLA_FLAGS', ''), 'start_time': time.strftime('%Y-%m-%dT%H:%M:%S%z')}
 
 
 def _write_json(path: epath.Path, value) -> None:

@@ -276,6 +276,7 @@ def test_kill_after_a_checkpoint_and_restart_gives_the_uninterrupted_run(tmp_pat
   assert saved['train']['epochs'] == 3 and saved['model']['scales'] == [17]
   info = json.loads((tmp_path / 'ref' / 'provenance.json').read_text())
   assert info['device_count'] == 8 and info['seed'] == 0 and info['train_wall_s'] > 0
+  assert info['host_cpu'] and 'xla_force_host_platform_device_count=8' in info['xla_flags']
   assert list((tmp_path / 'ref' / 'p17').glob('events.out.tfevents.*'))
 
   workdir = tmp_path / 'run'
