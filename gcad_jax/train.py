@@ -526,7 +526,7 @@ def _git_commit() -> str | None:
 def _host_cpu() -> str:
   """The CPU model and its widest SIMD extension, from /proc/cpuinfo (Linux); else `platform.processor()`.
 
-  Recorded because one config and seed trained on two hosts drifted apart (docs/quality.md, session 11).
+  Recorded because one config and seed trained in two sessions drifted apart (docs/quality.md, session 11).
   """
   try:
     info = epath.Path('/proc/cpuinfo').read_text()
