@@ -45,7 +45,7 @@ import numpy as np
 import optax
 
 from gcad_jax.models import gcad, global_net, teacher, unet
-from gcad_jax.xla_cpu import CPU_XLA_FLAGS, set_cpu_xla_flags
+from gcad_jax.xla_cpu import CPU_XLA_FLAGS, cpuinfo, set_cpu_xla_flags
 
 # The paper's setting (configlib.base_config(); GCAD.md §1, §12), the fields the networks and the step use.
 PAPER = {
@@ -216,13 +216,11 @@ def machine() -> dict:
     info['flax'] = flax.__version__
   except ImportError:
     pass
-  cpuinfo = pathlib.Path('/proc/cpuinfo')
-  if cpuinfo.exists():
-    lines = cpuinfo.read_text().splitlines()
-    pick = lambda key: next((l.split(':', 1)[1].strip() for l in lines if l.startswith(key)), None)
-    info['cpu_model'] = pick('model name')
-    info['cpu_mhz'] = float(pick('cpu MHz') or 0) or None
-    info['cpu_avx512'] = 'avx512f' in (pick('flags') or '').split()
+  cpu = cpuinfo()
+  if cpu:
+    info['cpu_model'] = cpu.get('model name')
+    info['cpu_mhz'] = float(cpu.get('cpu MHz') or 0) or None
+    info['cpu_avx512'] = 'avx512f' in cpu.get('flags', '').split()
   info['cpu_cores'] = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   if hasattr(os, 'getloadavg'):
     info['load_avg_1_5_15'] = [round(v, 2) for v in os.getloadavg()]

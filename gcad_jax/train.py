@@ -36,7 +36,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 from etils import epath
 
-from gcad_jax import atomic_io, configlib, input_pipeline, parallel
+from gcad_jax import atomic_io, configlib, input_pipeline, parallel, xla_cpu
 from gcad_jax.models import gcad, global_net, teacher, teacher_weights
 
 MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (GCAD.md §7.3, stage 1)
@@ -528,15 +528,12 @@ def _host_cpu() -> str:
 
   Recorded because one config and seed trained in two sessions drifted apart (docs/quality.md, session 11).
   """
-  try:
-    info = epath.Path('/proc/cpuinfo').read_text()
-  except OSError:
+  cpu = xla_cpu.cpuinfo()
+  if not cpu:
     return platform.processor()
-  fields = dict(line.split(':', 1) for line in info.splitlines() if ':' in line)
-  fields = {k.strip(): v.strip() for k, v in fields.items()}
-  flags = set(fields.get('flags', '').split())
+  flags = set(cpu.get('flags', '').split())
   simd = next((f for f in ('avx512f', 'avx2', 'avx', 'sse4_2') if f in flags), 'none')
-  return f"{fields.get('model name', platform.processor())} ({simd})"
+  return f"{cpu.get('model name', platform.processor())} ({simd})"
 
 
 def provenance(config) -> dict:
