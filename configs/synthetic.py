@@ -7,8 +7,9 @@ Another LOCO-layout folder: --config.dataset.manual_dir=/path/to/root --config.d
 An argument string sets the category, and `short` the demo's shorter schedule (SHORT_SCHEDULE):
 --config=configs/synthetic.py:my_category, --config=configs/synthetic.py:synthetic_tray,short.
 128×128 input, one scale (p = 17), the shipped pretrained teacher, narrow E_glo and U-Nets, no
-augmentation, L_glo's gradient into E_glo ramped in over 20 epochs after the stage switch, and a shorter schedule than the paper's whose stage switch and skip fade are scaled down with
-the epochs (GCAD.md §7.3, §4.3) at 5x the paper's learning rate. Quality figures and the levers measured:
+augmentation, L_glo's gradient into E_glo ramped in over 20 epochs after the stage switch, and a shorter
+schedule than the paper's whose stage switch and skip fade are scaled down with the epochs (GCAD.md §7.3,
+§4.3) at 5x the paper's learning rate. Quality figures and the levers measured:
 docs/quality.md.
 """
 
