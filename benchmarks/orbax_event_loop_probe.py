@@ -8,9 +8,9 @@ with ValueError, as it should) and counts what reaches `sys.unraisablehook`. Aft
 callbacks still arrive at the asyncio loop that Orbax has already closed: `RuntimeError('Event loop is
 closed')` in `call_soon_threadsafe`, reported as "Exception ignored in: None" with no Python caller in the
 traceback (so from native threads; TensorStore's reads that were still in flight, by all appearances).
-pytest turns those into PytestUnraisableExceptionWarning and
-attributes them to whichever later test runs the garbage collector; pyproject.toml filters exactly that
-message (docs/reliability.md, section 1). Not part of CI.
+pytest turns those into PytestUnraisableExceptionWarning and attributes them to whichever later test runs
+the garbage collector; pyproject.toml filters exactly that message (docs/reliability.md, section 1). Not
+part of CI.
 """
 
 from __future__ import annotations
