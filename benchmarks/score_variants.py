@@ -1,14 +1,17 @@
 """Re-scores trained GCAD workdirs under each scoring choice of GCAD.md §8, without retraining.
 
-  python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--json out.json]
+  python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--per_scale]
+                                      [--json out.json]
 
 The §8 choices left to us ([I], config fields) are the normalisation (`score.norm`: scalar μ, σ over all
 validation pixels, or per pixel) and whether the residual norm is squared (`score.squared`). Each workdir's
 networks run once on its validation and test images (the latest checkpoint of every scale, W/config.json);
 every (norm, squared) pair is then computed from those branch maps and evaluated with the exact evaluator
 (`gcad_jax.evaluate`), for the combined map and each branch alone; a choice is labelled 'NORM,norm' (the
-residual's L2 norm) or 'NORM,squared'. Prints mean image AUROC and AUC-sPRO@0.05 per kind; writes nothing
-into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
+residual's L2 norm) or 'NORM,squared'. With --per_scale, each scale p is also scored alone under every
+choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). Prints mean image
+AUROC and AUC-sPRO@0.05 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on
+2 CPU cores.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ def headline(metrics: dict) -> dict[str, float]:
   return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
 
 
-def score_workdir(workdir: pathlib.Path, norms, squareds) -> dict:
+def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False) -> dict:
   from gcad_jax import evaluate, scoring  # pylint: disable=g-import-not-at-top
   from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -69,14 +72,19 @@ def score_workdir(workdir: pathlib.Path, norms, squareds) -> dict:
   print(f'[score_variants] {workdir}: branch maps of {len(test_data)} test images in '
         f'{time.perf_counter() - t0:.0f} s', flush=True)
   cat_dir = layout.category_dir(config.dataset.manual_dir, config.dataset.category)
+  scale_sets = [(tuple(test['loc']), '')]  # all scales fused, then (with per_scale) each alone
+  if per_scale:
+    scale_sets += [((p,), f',p{p}') for p in test['loc']]
   out = {}
   for norm, squared in itertools.product(norms, squareds):
-    maps = variant_maps(test['loc'], test['glo'], val, norm, squared)
-    name = f'{norm},{"squared" if squared else "norm"}'
-    out[name] = {}
-    for variant in scoring.VARIANTS:
-      full = scoring.FullResMaps(test_data.image_ids, maps[variant], test_data.original_sizes)
-      out[name][variant] = headline(evaluate.evaluate_category(cat_dir, full, per_defect_type=False))
+    for scales, suffix in scale_sets:
+      maps = variant_maps({p: test['loc'][p] for p in scales}, {p: test['glo'][p] for p in scales}, val, norm,
+                          squared)
+      name = f'{norm},{"squared" if squared else "norm"}{suffix}'
+      out[name] = {}
+      for variant in scoring.VARIANTS:
+        full = scoring.FullResMaps(test_data.image_ids, maps[variant], test_data.original_sizes)
+        out[name][variant] = headline(evaluate.evaluate_category(cat_dir, full, per_defect_type=False))
   return out
 
 
@@ -85,6 +93,8 @@ def main(argv=None) -> int:
   parser.add_argument('workdirs', nargs='+')
   parser.add_argument('--norms', default='scalar,per_pixel', help='score.norm values, comma-separated')
   parser.add_argument('--squared', default='no,yes', help='score.squared values: no, yes or both')
+  parser.add_argument('--per_scale', action='store_true',
+                      help="also score each scale alone (choices named 'NORM,norm,p17', ...)")
   parser.add_argument('--json', default='', help='also write the figures to this file')
   args = parser.parse_args(argv)
   from gcad_jax import xla_cpu  # pylint: disable=g-import-not-at-top
@@ -101,11 +111,12 @@ def main(argv=None) -> int:
     if not (path / 'config.json').is_file():
       print(f'{workdir}: no config.json, skipped (not a gcad_jax workdir)', file=sys.stderr)
       continue
-    table[workdir] = score_workdir(path, norms, squareds)
-    print(f'{"workdir":34s} {"norm,residual":18s} {"maps":8s}  AUROC str  log   mean | sPRO@0.05 str  log   mean')
+    table[workdir] = score_workdir(path, norms, squareds, args.per_scale)
+    print(f'{"workdir":34s} {"norm,residual[,scale]":22s} {"maps":8s}  AUROC str  log   mean | '
+          'sPRO@0.05 str  log   mean')
     for name, rows in table[workdir].items():
       for variant, row in rows.items():
-        print(f'{workdir[-34:]:34s} {name:18s} {variant:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS)
+        print(f'{workdir[-34:]:34s} {name:22s} {variant:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS)
               + ' | ' + ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS), flush=True)
   if args.json:
     from gcad_jax import atomic_io  # pylint: disable=g-import-not-at-top

@@ -62,7 +62,7 @@ PAPER = {
     'optim': {'learning_rate': 1e-4, 'weight_decay': 1e-5, 'b1': 0.9, 'b2': 0.999, 'eps': 1e-8},
 }
 CPU = {  # configs/synthetic.py
-    'dataset': {'image_size': (128, 128)}, 'model': {'scales': (17,)},
+    'dataset': {'image_size': (128, 128)}, 'model': {'scales': (17, 33)},
     'eglo': {'g': 16, 'd_glo': 8, 'enc_channels': (16, 16, 32, 32, 32, 32),
              'dec_channels': (32, 32, 32, 32, 16, 16, 16), 'skip_fade': {'end_epoch': 40.0}},
     'u': {'hidden': (32, 32)}, 'unet': {'depth': 4, 'wf': 4}, 'train': {'batch_size': 8},

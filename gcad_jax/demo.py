@@ -6,9 +6,10 @@
      metrics.json and report.md in work/demo/ (gcad_jax.assess); the report's path and the headline
      figures are printed at the end.
 
-The demo trains the config's shorter schedule (`configs/synthetic.py:short`, 100 epochs at Adam 1e-3; about
-15 minutes on 2 cores) so that it ends within 20 minutes; `--schedule full` trains the config's own (200
-epochs at 5e-4, about 25 minutes), the one docs/quality.md measures.
+The demo trains the config's shorter schedule (`configs/synthetic.py:short`: one scale, p = 17, 100 epochs at
+Adam 1e-3; about 15 minutes on 2 cores) so that it ends within 20 minutes; `--schedule full` trains the
+config's own (both scales, 200 epochs at 5e-4, about 45 minutes of training), the one docs/quality.md
+measures.
 
 Every step is skipped when its output is already complete, so running the demo again resumes.
 Usage: python -m gcad_jax.demo [--category synthetic_tray] [--seed 0] [--workdir work/demo]
@@ -82,8 +83,8 @@ def main(argv=None) -> int:
   _say(f'step 3/3: train and evaluate GCAD with configs/synthetic.py in {args.workdir}')
   config = load_config(ROOT / 'configs' / 'synthetic.py', 'short' if args.schedule == 'short' else '')
   hint = '; --schedule full trains the one docs/quality.md measures' if args.schedule == 'short' else ''
-  _say(f'  schedule: {args.schedule} ({config.train.epochs} epochs, R_glo from epoch '
-       f'{config.train.rglo_start_epoch:g}, skips gone by {config.eglo.skip_fade.end_epoch:g}, '
+  _say(f'  schedule: {args.schedule} (scales {list(config.model.scales)}, {config.train.epochs} epochs, R_glo '
+       f'from epoch {config.train.rglo_start_epoch:g}, skips gone by {config.eglo.skip_fade.end_epoch:g}, '
        f'Adam {config.optim.learning_rate:g}){hint}')
   config.dataset.category = args.category
   config.dataset.manual_dir = str(manual_dir)

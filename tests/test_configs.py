@@ -12,8 +12,9 @@ SYNTHETIC = ROOT / 'configs' / 'synthetic.py'
 
 
 def schedule(c):
-  """The four fields that SHORT_SCHEDULE sets."""
-  return c.train.epochs, c.train.rglo_start_epoch, c.eglo.skip_fade.end_epoch, c.optim.learning_rate
+  """The five fields that SHORT_SCHEDULE sets."""
+  return (tuple(c.model.scales), c.train.epochs, c.train.rglo_start_epoch, c.eglo.skip_fade.end_epoch,
+          c.optim.learning_rate)
 
 
 @pytest.mark.parametrize('name', ['loco.py', 'synthetic.py', 'tiny.py'])
@@ -27,9 +28,9 @@ def test_synthetic_short_schedule_changes_only_its_keys_and_keeps_the_category()
   full = demo.load_config(SYNTHETIC, 'synthetic_grid')
   short = demo.load_config(SYNTHETIC, 'synthetic_grid,short')
   configlib.validate(short)
-  assert schedule(short) == (100, 10.0, 20.0, 1e-3)
-  assert schedule(full) == (200, 20.0, 40.0, 5e-4)
-  (full.train.epochs, full.train.rglo_start_epoch, full.eglo.skip_fade.end_epoch,
+  assert schedule(short) == ((17,), 100, 10.0, 20.0, 1e-3)
+  assert schedule(full) == ((17, 33), 200, 20.0, 40.0, 5e-4)
+  (full.model.scales, full.train.epochs, full.train.rglo_start_epoch, full.eglo.skip_fade.end_epoch,
    full.optim.learning_rate) = schedule(short)
   assert json.loads(full.to_json_best_effort()) == json.loads(short.to_json_best_effort())  # nothing else differs
   assert short.dataset.category == 'synthetic_grid'

@@ -28,14 +28,26 @@ def test_variant_maps_follow_the_config_choices():
                              (a_loc[17] ** 2 - loc2.mean(0)) / loc2.std(0), rtol=1e-5, atol=1e-5)
 
 
+def test_two_scales_are_the_mean_of_each_alone():
+  rng = np.random.default_rng(1)
+  val = {b: {p: rng.random((4, 6, 5)) + 0.1 for p in (17, 33)} for b in ('loc', 'glo')}
+  a_loc, a_glo = {p: rng.random((3, 6, 5)) for p in (17, 33)}, {p: rng.random((3, 6, 5)) for p in (17, 33)}
+  fused = score_variants.variant_maps(a_loc, a_glo, val, 'scalar', squared=False)
+  alone = [score_variants.variant_maps({p: a_loc[p]}, {p: a_glo[p]}, val, 'scalar', squared=False) for p in (17, 33)]
+  for variant in scoring.VARIANTS:
+    np.testing.assert_allclose(fused[variant], (alone[0][variant] + alone[1][variant]) / 2, rtol=1e-6)
+
+
 def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_path, capsys):
   root, _ = trained
   workdir = root / 'w'
   out = tmp_path / 'variants.json'
-  assert score_variants.main([str(workdir), '--norms', 'scalar,per_pixel', '--squared', 'no',
+  assert score_variants.main([str(workdir), '--norms', 'scalar,per_pixel', '--squared', 'no', '--per_scale',
                               '--json', str(out)]) == 0
   table = json.loads(out.read_text())[str(workdir)]
-  assert set(table) == {'scalar,norm', 'per_pixel,norm'}
+  (p,) = json.loads((workdir / 'config.json').read_text())['model']['scales']  # one scale: alone == fused
+  assert set(table) == {'scalar,norm', 'per_pixel,norm', f'scalar,norm,p{p}', f'per_pixel,norm,p{p}'}
+  assert table[f'scalar,norm,p{p}'] == table['scalar,norm']
   saved = json.loads((workdir / 'metrics.json').read_text())  # trained with score.norm scalar, not squared
   sources = {'combined': saved, **saved['variants']}
   for variant, metrics in sources.items():
