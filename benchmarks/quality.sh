@@ -2,7 +2,8 @@
 # The quality bar of configs/synthetic.py (issue 4): its full schedule on two synthetic scenes it was developed
 # on (synthetic_tray, synthetic_connectors; data seed 0) and one it was not (synthetic_grid), then the image
 # AUROC and AUC-sPRO@0.05 of the combined, local-only and global-only maps. Not part of CI: about 50 minutes
-# per scene on 2 CPU cores, 43 of them training (two scales, 22 each). Figures and what limits them: docs/quality.md.
+# per scene on 2 CPU cores, about 45 of them training (two scales, an estimate; docs/quality.md). Figures and
+# what limits them: docs/quality.md.
 #
 #   benchmarks/quality.sh [OUT=runs/quality] [SCENES="synthetic_tray synthetic_connectors synthetic_grid"]
 #                         [SEEDS="0"] [DATA=data/synthetic] [TFDS=data/tfds] [COUNTS=]
