@@ -1,7 +1,7 @@
 """Re-scores trained GCAD workdirs under each scoring choice of GCAD.md §8, without retraining.
 
   python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--per_scale]
-                                      [--json out.json]
+                                      [--per_defect_type] [--json out.json]
 
 The §8 choices left to us ([I], config fields) are the normalisation (`score.norm`: scalar μ, σ over all
 validation pixels, or per pixel) and whether the residual norm is squared (`score.squared`). Each workdir's
@@ -9,9 +9,10 @@ networks run once on its validation and test images (the latest checkpoint of ev
 every (norm, squared) pair is then computed from those branch maps and evaluated with the exact evaluator
 (`gcad_jax.evaluate`), for the combined map and each branch alone; a choice is labelled 'NORM,norm' (the
 residual's L2 norm) or 'NORM,squared'. With --per_scale, each scale p is also scored alone under every
-choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). Prints mean image
-AUROC and AUC-sPRO@0.05 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on
-2 CPU cores.
+choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). With
+--per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (LOCO_FORMAT.md §11.3: the
+type's images against all good images): which defects each branch finds. Prints mean image AUROC and
+AUC-sPRO@0.05 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -64,7 +65,15 @@ def headline(metrics: dict) -> dict[str, float]:
   return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
 
 
-def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False) -> dict:
+def per_defect_type(metrics: dict) -> dict[str, dict]:
+  """{defect type: {'kind', 'auroc', 'spro'}} (image AUROC, AUC-sPRO@0.05) of a metrics.json with per-type rows."""
+  from gcad_jax import evaluate  # pylint: disable=g-import-not-at-top
+  rows = metrics[evaluate.EXTRAS_KEY]['auc_spro_per_defect_type']
+  return {name: {'kind': row['kind'], 'auroc': row['auc_roc'], 'spro': row['auc_spro']['0.05']}
+          for name, row in sorted(rows.items()) if row}
+
+
+def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False) -> dict:
   from gcad_jax import evaluate, scoring  # pylint: disable=g-import-not-at-top
   from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -84,8 +93,22 @@ def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = Fals
       out[name] = {}
       for variant in scoring.VARIANTS:
         full = scoring.FullResMaps(test_data.image_ids, maps[variant], test_data.original_sizes)
-        out[name][variant] = headline(evaluate.evaluate_category(cat_dir, full, per_defect_type=False))
+        metrics = evaluate.evaluate_category(cat_dir, full, per_defect_type=per_type)
+        out[name][variant] = headline(metrics)
+        if per_type:
+          out[name][variant]['per_defect_type'] = per_defect_type(metrics)
   return out
+
+
+def print_per_defect_type(scored: dict) -> None:
+  """One line per scoring choice and defect type: image AUROC / AUC-sPRO@0.05 of each map."""
+  print(f'{"norm,residual[,scale]":22s} {"defect type":26s} {"kind":10s} ' +
+        ' '.join(f'{v + " AUROC/sPRO":>20s}' for v in ('combined', 'local', 'global')))
+  for name, rows in scored.items():
+    for defect, first in rows['combined']['per_defect_type'].items():
+      cells = [rows[v]['per_defect_type'][defect] for v in ('combined', 'local', 'global')]
+      print(f'{name:22s} {defect[:26]:26s} {str(first["kind"]).replace("_anomalies", ""):10s} ' +
+            ' '.join(f'{_fmt(c["auroc"]):>13s} {_fmt(c["spro"]):>6s}' for c in cells), flush=True)
 
 
 def main(argv=None) -> int:
@@ -95,6 +118,8 @@ def main(argv=None) -> int:
   parser.add_argument('--squared', default='no,yes', help='score.squared values: no, yes or both')
   parser.add_argument('--per_scale', action='store_true',
                       help="also score each scale alone (choices named 'NORM,norm,p17', ...)")
+  parser.add_argument('--per_defect_type', action='store_true',
+                      help='also image AUROC and AUC-sPRO@0.05 per defect type, for every map')
   parser.add_argument('--json', default='', help='also write the figures to this file')
   args = parser.parse_args(argv)
   from gcad_jax import xla_cpu  # pylint: disable=g-import-not-at-top
@@ -111,13 +136,15 @@ def main(argv=None) -> int:
     if not (path / 'config.json').is_file():
       print(f'{workdir}: no config.json, skipped (not a gcad_jax workdir)', file=sys.stderr)
       continue
-    table[workdir] = score_workdir(path, norms, squareds, args.per_scale)
+    table[workdir] = score_workdir(path, norms, squareds, args.per_scale, args.per_defect_type)
     print(f'{"workdir":34s} {"norm,residual[,scale]":22s} {"maps":8s}  AUROC str  log   mean | '
           'sPRO@0.05 str  log   mean')
     for name, rows in table[workdir].items():
       for variant, row in rows.items():
         print(f'{workdir[-34:]:34s} {name:22s} {variant:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS)
               + ' | ' + ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS), flush=True)
+    if args.per_defect_type:
+      print_per_defect_type(table[workdir])
   if args.json:
     from gcad_jax import atomic_io  # pylint: disable=g-import-not-at-top
     atomic_io.write_json(pathlib.Path(args.json), table, indent=2)

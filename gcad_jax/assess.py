@@ -71,7 +71,8 @@ def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_d
   per_variant = {}
   for variant in scoring.VARIANTS:
     _say('evaluating the %s maps (exact sPRO, LOCO_FORMAT.md §11)', variant)
-    per_variant[variant] = evaluate.evaluate_category(cat_dir, full[variant], per_defect_type=variant == 'combined')
+    # Per defect type too, for every variant: which branch finds what (report.md's per-type table).
+    per_variant[variant] = evaluate.evaluate_category(cat_dir, full[variant])
   lap('evaluate')
 
   metrics = report.assemble_metrics(

@@ -319,7 +319,7 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
     thresholds: evaluate at these descending thresholds (explicit-threshold mode, §11.3), e.g.
       per_threshold.thresholds of an official metrics.json; None: exact mode (§11.1).
     limits: the integration limits (§9.5).
-    per_defect_type: also compute AUC-sPRO per defect type (§11.3).
+    per_defect_type: also compute AUC-sPRO and image AUROC per defect type (§11.3).
     curve_points: about how many vertices of each curve to store.
     num_workers: threads for reading and sorting; None: up to 2.
     thresholds_source: where `thresholds` came from, recorded in the output.
@@ -329,8 +329,9 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
     official metrics.json (AUROC in official mode; AUC-sPRO exact, or at `thresholds`; per_threshold of the
     whole test set, at `thresholds` or at a deterministic list), and under 'gcad_jax': mode,
     auc_spro_exact, auc_spro_error_bound (0 when exact), auc_roc_standard and
-    auc_roc_official_differs_from_standard, auc_spro_per_defect_type, curves (about curve_points exact
-    vertices per kind), counts, missing_maps, warnings, seconds per phase.
+    auc_roc_official_differs_from_standard, auc_spro_per_defect_type (each type's AUC-sPRO and, under
+    'auc_roc', its image AUROC against the good images), curves (about curve_points exact vertices per
+    kind), counts, missing_maps, warnings, seconds per phase.
   """
   started = time.perf_counter()
   cat_dir = pathlib.Path(dataset_category_dir)
@@ -391,6 +392,7 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
   per_type = {}
   if per_defect_type:
     names = [[c.defect.defect_name for c in im.channels] for im in images]
+    good_maxima = [im.max_score for im in images if im.record.kind == 'good']
     for name, idx in spro.defect_type_subsets(names).items():
       selected = [images[i] for i in idx if images[i].channels]
       type_pool = spro.ScorePool.from_scores(
@@ -405,6 +407,8 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
           'num_images': len(selected),
           'num_channels': chosen.num_channels,
           'auc_spro': chosen.aucs(limits),
+          # Image AUROC of the type (official ties, §9.6): its images' map maxima against the good ones'.
+          'auc_roc': auroc_lib.auroc_official(good_maxima, [im.max_score for im in selected]),
       }
       del type_pool
     for defect in defects.values():
@@ -528,7 +532,7 @@ def _parser() -> argparse.ArgumentParser:
                       help='a metrics.json whose per_threshold.thresholds to evaluate at (reproduces an '
                            'official run); default: the exact curve')
   parser.add_argument('--num_workers', type=int, default=None, help='threads (default: up to 2)')
-  parser.add_argument('--no_per_defect_type', action='store_true', help='skip AUC-sPRO per defect type')
+  parser.add_argument('--no_per_defect_type', action='store_true', help='skip AUC-sPRO and image AUROC per defect type')
   parser.add_argument('--curve_points', type=int, default=1000, help='curve vertices to store per kind')
   return parser
 

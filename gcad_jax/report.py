@@ -48,12 +48,14 @@ def headline(metrics: Mapping) -> dict:
 def assemble_metrics(combined: Mapping, variants: Mapping[str, Mapping], extra: Mapping | None = None) -> dict:
   """The combined maps' metrics (official schema + 'gcad_jax'), with 'variants' = local-only and global-only.
 
-  Each variant keeps the official classification and localization.auc_spro, and its standard AUROC.
+  Each variant keeps the official classification and localization.auc_spro, its standard AUROC and, where it
+  was computed, its AUC-sPRO and image AUROC per defect type.
   """
   out = dict(combined)
   out['variants'] = {
       name: {'classification': m['classification'], 'localization': {'auc_spro': m['localization']['auc_spro']},
-             'auc_roc_standard': m.get(evaluate.EXTRAS_KEY, {}).get('auc_roc_standard')}
+             'auc_roc_standard': m.get(evaluate.EXTRAS_KEY, {}).get('auc_roc_standard'),
+             'per_defect_type': m.get(evaluate.EXTRAS_KEY, {}).get('auc_spro_per_defect_type')}
       for name, m in variants.items()}
   if extra:
     out[evaluate.EXTRAS_KEY] = {**out.get(evaluate.EXTRAS_KEY, {}), **extra}
@@ -65,6 +67,26 @@ def variant_headlines(metrics: Mapping) -> dict[str, dict]:
   out = {name: headline(m) for name, m in metrics.get('variants', {}).items()}
   out['combined'] = headline(metrics)
   return {v: out[v] for v in VARIANTS if v in out}
+
+
+def per_defect_type_rows(metrics: Mapping) -> dict[str, dict]:
+  """{defect type: {'kind', variant: {'auroc', 'spro'}}} (image AUROC, AUC-sPRO@0.05) of the variants that have
+  per-type figures; {} when the combined maps have none. Rows sorted by kind, then name."""
+  tables = {'combined': metrics.get(evaluate.EXTRAS_KEY, {}).get('auc_spro_per_defect_type')}
+  tables.update({name: m.get('per_defect_type') for name, m in metrics.get('variants', {}).items()})
+  tables = {v: tables[v] for v in VARIANTS if tables.get(v)}
+  if 'combined' not in tables:
+    return {}
+  rows = {}
+  for name, first in sorted(tables['combined'].items(), key=lambda item: (str((item[1] or {}).get('kind')), item[0])):
+    if not first:
+      continue  # a type without test images
+    kind = first['kind'] if isinstance(first['kind'], str) else '+'.join(first['kind'])
+    rows[name] = {'kind': SHORT.get(kind, kind)}
+    for variant, table in tables.items():
+      row = table.get(name) or {}
+      rows[name][variant] = {'auroc': row.get('auc_roc'), 'spro': (row.get('auc_spro') or {}).get(LIMIT)}
+  return rows
 
 
 def _fmt(value, std=None) -> str:
@@ -87,6 +109,16 @@ def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str
                + ' | '.join(_fmt(PAPER_TABLE6[k]) for k in ('structural', 'logical', 'mean')) + ' |')
   if category in PAPER_TABLE3:
     lines.append(f'\nPaper GCAD AUC-sPRO@0.05 on {category} (Table 3): {PAPER_TABLE3[category]:.3f}.')
+  types = per_defect_type_rows(metrics)
+  if types:
+    variants = [v for v in VARIANTS if v in next(iter(types.values()))]
+    lines += ['', 'Per defect type, each type\'s images against all good images (which branch finds what):', '',
+              '| defect type | kind | ' + ' | '.join(f'AUROC {v}' for v in variants) + ' | '
+              + ' | '.join(f'sPRO@0.05 {v}' for v in variants) + ' |',
+              '|---|---|' + '---:|' * (2 * len(variants))]
+    for name, row in types.items():
+      lines.append(f'| {name} | {row["kind"]} | ' + ' | '.join(_fmt(row[v]['auroc']) for v in variants) + ' | '
+                   + ' | '.join(_fmt(row[v]['spro']) for v in variants) + ' |')
   spro = metrics['localization']['auc_spro']['mean'] or {}
   lines += ['', 'Combined maps, mean AUC-sPRO at every integration limit (Table 7):', '',
             '| ' + ' | '.join(spro) + ' |', '|' + '---:|' * len(spro),

@@ -53,6 +53,10 @@ def test_eval_writes_maps_metrics_report_and_image_score_is_the_tiff_max(assesse
   metrics = json.loads((workdir / 'metrics.json').read_text())
   assert set(metrics['variants']) == {'local', 'global'} and metrics['gcad_jax']['step'] == 3
   assert (workdir / 'report.md').is_file() and (workdir / scoring.NORM_FILE).is_file()
+  for variant in ('local', 'global'):  # per defect type for each branch: report.md's per-type table
+    per_type = metrics['variants'][variant]['per_defect_type']
+    assert per_type and all(row is None or 0.0 <= row['auc_roc'] <= 1.0 for row in per_type.values())
+  assert 'Per defect type' in (workdir / 'report.md').read_text()
   for folder in ('anomaly_maps', 'anomaly_maps_local', 'anomaly_maps_global'):
     assert export.is_complete(workdir / folder)
   again = evaluate.evaluate_category(cat_dir, workdir / 'anomaly_maps' / gen.CATEGORY, num_workers=1,

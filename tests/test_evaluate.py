@@ -17,7 +17,7 @@ import pytest
 import tifffile
 
 from gcad_jax import evaluate
-from gcad_jax.metrics import spro
+from gcad_jax.metrics import auroc, spro
 from tfds_loco import layout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -78,6 +78,9 @@ def test_matches_official_golden_files(fixture_dir, map_set):
   if map_set == 'perfect':
     for per_limit in exact['localization']['auc_spro'].values():
       assert all(v == pytest.approx(1.0, abs=1e-12) for v in per_limit.values())
+    per_type = exact[evaluate.EXTRAS_KEY]['auc_spro_per_defect_type']
+    assert {name: row['auc_roc'] for name, row in per_type.items() if row} == {
+        name: 1.0 for name, row in per_type.items() if row}  # every anomalous maximum above every good one
   if map_set == 'quantised':  # tied maxima: the official quirk differs from Mann-Whitney, and we say so
     extras = exact[evaluate.EXTRAS_KEY]
     assert extras['auc_roc_official_differs_from_standard']['logical_anomalies']
@@ -143,6 +146,10 @@ def test_whole_pipeline_against_brute_force(fixture_dir, map_set):
     expected = _brute_force_aucs(maps, subset, defects, lambda v: v == value)
     for key, auc in expected.items():
       assert per_type[defect.defect_name]['auc_spro'][key] == pytest.approx(auc, abs=1e-12)
+    # The type's image AUROC: its images' map maxima against the good images' (ties in 'quantised').
+    maxima = {kind: [float(maps[f'{k}/{stem}'].max()) for k, stem, ch in subset if (k == 'good') == (kind == 'good')]
+              for kind in ('good', 'anomalous')}
+    assert per_type[defect.defect_name]['auc_roc'] == auroc.auroc_official(maxima['good'], maxima['anomalous'])
   assert per_type['missing_part']['num_channels'] == 3  # two channels of one image share its pixel value
 
 

@@ -24,8 +24,7 @@ def evaluated(tmp_path_factory):
   sets = {'combined': 'continuous', 'local': 'perfect', 'global': 'random'}
   maps = {v: {f'test/{k}': a.astype(np.float32) for k, a in gen.make_maps(s).items()} for v, s in sets.items()}
   with pytest.warns(evaluate.EvaluationWarning):
-    metrics = {v: evaluate.evaluate_category(cat_dir, m, num_workers=1, per_defect_type=False)
-               for v, m in maps.items()}
+    metrics = {v: evaluate.evaluate_category(cat_dir, m, num_workers=1) for v, m in maps.items()}
   return cat_dir, maps, metrics
 
 
@@ -42,8 +41,21 @@ def test_metrics_json_has_official_keys_variants_and_ours(evaluated, tmp_path):
   assert 'per_threshold' in written['localization'] and written['gcad_jax']['step'] == 7
   assert written['variants']['local']['localization']['auc_spro']['mean']['0.05'] == 1.0  # perfect maps
   assert written['variants']['global']['classification'] == metrics['global']['classification']
+  local_types = written['variants']['local']['per_defect_type']
+  assert local_types == metrics['local']['gcad_jax']['auc_spro_per_defect_type']
   text = path.read_text()
   assert '| combined |' in text and '| local | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 | 1.000 |' in text
+  # The per-type table: one row per type with test images; columns local, global, combined (AUROC, then sPRO).
+  types = {name: row for name, row in metrics['combined']['gcad_jax']['auc_spro_per_defect_type'].items() if row}
+  table_rows = [line for line in text.splitlines() if line.split(' | ')[0].lstrip('| ') in types]
+  assert len(table_rows) == len(types)
+  for line in table_rows:
+    cells = [c.strip() for c in line.strip('|').split('|')]
+    name = cells[0]
+    expected = [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_roc'] for v in report.VARIANTS]
+    expected += [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_spro']['0.05'] for v in report.VARIANTS]
+    assert cells[2:] == [f'{value:.3f}' for value in expected]
+    assert cells[2] == '1.000' and cells[5] == '1.000'  # local = perfect maps: AUROC and sPRO 1 for every type
   assert '0.701' in text  # the paper's figure beside ours
   for name in ('spro_curves.png', 'roc_curves.png'):
     assert (tmp_path / 'plots' / name).stat().st_size > 1000

@@ -43,7 +43,7 @@ def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_p
   workdir = root / 'w'
   out = tmp_path / 'variants.json'
   assert score_variants.main([str(workdir), '--norms', 'scalar,per_pixel', '--squared', 'no', '--per_scale',
-                              '--json', str(out)]) == 0
+                              '--per_defect_type', '--json', str(out)]) == 0
   table = json.loads(out.read_text())[str(workdir)]
   (p,) = json.loads((workdir / 'config.json').read_text())['model']['scales']  # one scale: alone == fused
   assert set(table) == {'scalar,norm', 'per_pixel,norm', f'scalar,norm,p{p}', f'per_pixel,norm,p{p}'}
@@ -55,7 +55,13 @@ def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_p
     assert table['scalar,norm'][variant]['spro_mean'] == pytest.approx(
         metrics['localization']['auc_spro']['mean']['0.05'])
   assert all(0.0 <= table['per_pixel,norm'][v]['auroc_mean'] <= 1.0 for v in scoring.VARIANTS)
-  assert 'per_pixel,norm' in capsys.readouterr().out
+  saved_types = {name: row for name, row in saved['gcad_jax']['auc_spro_per_defect_type'].items() if row}
+  assert saved_types and set(table['scalar,norm']['local']['per_defect_type']) == set(saved_types)
+  for name, row in table['scalar,norm']['combined']['per_defect_type'].items():  # evaluation writes the combined's
+    assert row['auroc'] == pytest.approx(saved_types[name]['auc_roc'])
+    assert row['spro'] == pytest.approx(saved_types[name]['auc_spro']['0.05'])
+  printed = capsys.readouterr().out
+  assert 'per_pixel,norm' in printed and next(iter(saved_types)) in printed
 
 
 def test_bad_arguments_are_refused(tmp_path):
