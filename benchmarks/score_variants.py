@@ -65,16 +65,8 @@ def headline(metrics: dict) -> dict[str, float]:
   return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
 
 
-def per_defect_type(metrics: dict) -> dict[str, dict]:
-  """{defect type: {'kind', 'auroc', 'spro'}} (image AUROC, AUC-sPRO@0.05) of a metrics.json with per-type rows."""
-  from gcad_jax import evaluate  # pylint: disable=g-import-not-at-top
-  rows = metrics[evaluate.EXTRAS_KEY]['auc_spro_per_defect_type']
-  return {name: {'kind': row['kind'], 'auroc': row['auc_roc'], 'spro': row['auc_spro']['0.05']}
-          for name, row in sorted(rows.items()) if row}
-
-
 def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False) -> dict:
-  from gcad_jax import evaluate, scoring  # pylint: disable=g-import-not-at-top
+  from gcad_jax import evaluate, report, scoring  # pylint: disable=g-import-not-at-top
   from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   config, val, test_data, test = raw_branch_maps(workdir)
@@ -96,7 +88,8 @@ def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = Fals
         metrics = evaluate.evaluate_category(cat_dir, full, per_defect_type=per_type)
         out[name][variant] = headline(metrics)
         if per_type:
-          out[name][variant]['per_defect_type'] = per_defect_type(metrics)
+          out[name][variant]['per_defect_type'] = dict(sorted(report.defect_type_figures(
+              metrics[evaluate.EXTRAS_KEY]['auc_spro_per_defect_type']).items()))
   return out
 
 

@@ -69,23 +69,28 @@ def variant_headlines(metrics: Mapping) -> dict[str, dict]:
   return {v: out[v] for v in VARIANTS if v in out}
 
 
+def defect_type_figures(per_type: Mapping | None) -> dict[str, dict]:
+  """{defect type: {'kind', 'auroc', 'spro'}} (image AUROC, AUC-sPRO@0.05) of an evaluator's
+  `auc_spro_per_defect_type` table, for the types with test images; 'kind' as the evaluator gives it."""
+  return {name: {'kind': row['kind'], 'auroc': row.get('auc_roc'), 'spro': (row.get('auc_spro') or {}).get(LIMIT)}
+          for name, row in (per_type or {}).items() if row}
+
+
 def per_defect_type_rows(metrics: Mapping) -> dict[str, dict]:
   """{defect type: {'kind', variant: {'auroc', 'spro'}}} (image AUROC, AUC-sPRO@0.05) of the variants that have
   per-type figures; {} when the combined maps have none. Rows sorted by kind, then name."""
   tables = {'combined': metrics.get(evaluate.EXTRAS_KEY, {}).get('auc_spro_per_defect_type')}
   tables.update({name: m.get('per_defect_type') for name, m in metrics.get('variants', {}).items()})
-  tables = {v: tables[v] for v in VARIANTS if tables.get(v)}
-  if 'combined' not in tables:
+  figures = {v: defect_type_figures(tables[v]) for v in VARIANTS if tables.get(v)}
+  if not figures.get('combined'):
     return {}
   rows = {}
-  for name, first in sorted(tables['combined'].items(), key=lambda item: (str((item[1] or {}).get('kind')), item[0])):
-    if not first:
-      continue  # a type without test images
+  for name, first in sorted(figures['combined'].items(), key=lambda item: (str(item[1]['kind']), item[0])):
     kind = first['kind'] if isinstance(first['kind'], str) else '+'.join(first['kind'])
     rows[name] = {'kind': SHORT.get(kind, kind)}
-    for variant, table in tables.items():
-      row = table.get(name) or {}
-      rows[name][variant] = {'auroc': row.get('auc_roc'), 'spro': (row.get('auc_spro') or {}).get(LIMIT)}
+    for variant, table in figures.items():
+      row = table.get(name, {})
+      rows[name][variant] = {'auroc': row.get('auroc'), 'spro': row.get('spro')}
   return rows
 
 

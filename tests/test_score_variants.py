@@ -57,9 +57,12 @@ def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_p
   assert all(0.0 <= table['per_pixel,norm'][v]['auroc_mean'] <= 1.0 for v in scoring.VARIANTS)
   saved_types = {name: row for name, row in saved['gcad_jax']['auc_spro_per_defect_type'].items() if row}
   assert saved_types and set(table['scalar,norm']['local']['per_defect_type']) == set(saved_types)
-  for name, row in table['scalar,norm']['combined']['per_defect_type'].items():  # evaluation writes the combined's
-    assert row['auroc'] == pytest.approx(saved_types[name]['auc_roc'])
-    assert row['spro'] == pytest.approx(saved_types[name]['auc_spro']['0.05'])
+  for variant, metrics in sources.items():  # evaluation writes every map's per-type figures
+    saved_rows = (metrics['gcad_jax']['auc_spro_per_defect_type'] if variant == 'combined'
+                  else metrics['per_defect_type'])
+    for name, row in table['scalar,norm'][variant]['per_defect_type'].items():
+      assert row['auroc'] == pytest.approx(saved_rows[name]['auc_roc'])
+      assert row['spro'] == pytest.approx(saved_rows[name]['auc_spro']['0.05'])
   printed = capsys.readouterr().out
   assert 'per_pixel,norm' in printed and next(iter(saved_types)) in printed
 
