@@ -293,3 +293,25 @@ def test_project_reader_agrees_with_manifest(small, category):
          for images in scan.splits.values() for im in images}
   man = _manifest(small, category)
   assert got == {im['id']: [(c['pixel_value'], c['area']) for c in im['channels']] for im in man['images']}
+
+
+def test_twin_pair_is_the_test_image_and_its_scene_without_the_defect(small):
+  """twin_pair's anomalous image is the generated file; its twin differs only at the defect."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  category = 'synthetic_tray'
+  recipes = synthetic._FAMILIES[category].logical
+  index = next(i for i in range(SMALL['logical']) if recipes[i % len(recipes)] == ('missing_fruit',))
+  image, twin, masks = synthetic.twin_pair(category, ('missing_fruit',), index, seed=0, size=SIZE)
+  cat = small / category
+  np.testing.assert_array_equal(image, np.asarray(Image.open(cat / f'test/logical_anomalies/{index:03d}.png')))
+  stored = _masks(cat, next(im for im in _manifest(small, category)['images']
+                            if im['id'] == f'test/logical_anomalies/{index:03d}'))
+  assert [name for name, _ in masks] == ['missing_fruit']
+  np.testing.assert_array_equal(masks[0][1], stored[0] > 0)
+  # A fruit that changes kind changes only inside (and at the antialiased rim of) its annotated disc.
+  image, twin, masks = synthetic.twin_pair(category, ('wrong_fruit_kind',), 7, seed=0, size=(320, 256))
+  changed = (np.asarray(image) != np.asarray(twin)).any(-1)
+  assert changed.sum() > 100
+  assert not (changed & ~ndimage.binary_dilation(masks[0][1], iterations=2)).any()
+  with pytest.raises(ValueError, match='give defect names'):
+    synthetic.twin_pair(category, ('no_such_defect',), 0)

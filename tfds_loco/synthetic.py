@@ -12,6 +12,7 @@ logical anomalies need global context, while good images vary in pose, position,
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -879,6 +880,33 @@ def _make_image(fam, lay, rng, recipe):
   img = _finish(_raster(ops, lay['size'], pose, bg), rng)
   masks = [(name, np.asarray(_raster(ops, lay['size'], pose)) > 0) for name, ops in channels]
   return img, masks
+
+
+def twin_pair(category: str, recipe, index: int, seed: int = 0, size=DEFAULT_SIZE):
+  """(anomalous image, its defect-free twin, [(defect name, mask)]) of one logical test scene.
+
+  The scene is `_rng(seed, category, 'logical', index)`'s, with `recipe` (defect names, e.g.
+  ('nectarines_2_tangerine_1',)) applied; the twin is the same scene, pose, textures and noise without the defects:
+  each defect runs on a copy of the state, so the random draws are the same and only the change is dropped.
+  The pair isolates what a defect does to a model's maps. Any index works; the test split's logical images are
+  indices 0.. with the family's recipes cycled (`getattr(family, 'logical')`).
+  """
+  if category not in _FAMILIES:
+    raise ValueError(f'unknown category {category!r}; choose one of {", ".join(CATEGORIES)}')
+  fam = _FAMILIES[category]
+  unknown = [name for name in recipe if name.lstrip(_NEAR) not in {d.name for d in fam.defects}]
+  if unknown or not recipe:
+    raise ValueError(f'recipe {tuple(recipe)!r}: give defect names of {category} '
+                     f'({", ".join(d.name for d in fam.defects)})')
+  lay = fam.layout(*size)
+  image, masks = _make_image(fam, lay, _rng(seed, category, 'logical', index), tuple(recipe))
+
+  def dropped(d):
+    return dataclasses.replace(d, apply=lambda rng, st, lay, anchor: d.apply(rng, copy.deepcopy(st), lay, anchor))
+
+  twin_fam = dataclasses.replace(fam, defects=tuple(dropped(d) for d in fam.defects))
+  twin, _ = _make_image(twin_fam, lay, _rng(seed, category, 'logical', index), tuple(recipe))
+  return image, twin, masks
 
 
 def _check_args(category, seed, size, counts):
