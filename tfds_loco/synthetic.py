@@ -891,8 +891,7 @@ def twin_pair(category: str, recipe, index: int, seed: int = 0, size=DEFAULT_SIZ
   The pair isolates what a defect does to a model's maps. Any index works; the test split's logical images are
   indices 0.. with the family's recipes cycled (`getattr(family, 'logical')`).
   """
-  if category not in _FAMILIES:
-    raise ValueError(f'unknown category {category!r}; choose one of {", ".join(CATEGORIES)}')
+  _check_args(category, seed, size, {})
   fam = _FAMILIES[category]
   unknown = [name for name in recipe if name.lstrip(_NEAR) not in {d.name for d in fam.defects}]
   if unknown or not recipe:
