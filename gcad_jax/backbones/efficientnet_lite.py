@@ -43,6 +43,30 @@ def _bn(name: str) -> nn.BatchNorm:
   return nn.BatchNorm(use_running_average=True, epsilon=BN_EPS, name=name)
 
 
+class DepthwiseConv(nn.Module):
+  """k×k depthwise convolution, TF 'SAME' padding, no bias, as k² shifted multiply-adds.
+
+  The same parameter ('kernel', (k, k, 1, C)) and outputs as `nn.Conv(C, (k, k), feature_group_count=C,
+  padding='SAME')`, about 20× faster on XLA:CPU, whose grouped convolution is slow (a 3×3 layer on 256
+  9×9×96 maps: 552 ms against 26 ms, measured 2026-12-06); on accelerators the two cost about the same.
+  """
+  kernel: int
+  stride: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    k, s, (h, w, c) = self.kernel, self.stride, x.shape[-3:]
+    weights = self.param('kernel', nn.initializers.lecun_normal(), (k, k, 1, c))
+    oh, ow = -(-h // s), -(-w // s)
+    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+    x = jnp.pad(x, ((0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)))
+    out = 0.0
+    for i in range(k):
+      for j in range(k):
+        out = out + x[:, i:i + (oh - 1) * s + 1:s, j:j + (ow - 1) * s + 1:s, :] * weights[i, j, 0]
+    return out
+
+
 class MBConv(nn.Module):
   """Mobile inverted bottleneck without squeeze-excitation: [expand 1×1] → depthwise k×k → project 1×1."""
   kernel: int
@@ -58,8 +82,7 @@ class MBConv(nn.Module):
     if self.expand != 1:
       x = nn.Conv(hidden, (1, 1), use_bias=False, name='expand_conv')(x)
       x = nn.relu6(_bn('bn0')(x))
-    x = nn.Conv(hidden, (self.kernel, self.kernel), (self.stride, self.stride), padding='SAME',
-                feature_group_count=hidden, use_bias=False, name='depthwise_conv')(x)
+    x = DepthwiseConv(self.kernel, self.stride, name='depthwise_conv')(x)
     x = nn.relu6(_bn('bn1')(x))
     x = nn.Conv(self.cout, (1, 1), use_bias=False, name='project_conv')(x)
     x = _bn('bn2')(x)
@@ -68,15 +91,38 @@ class MBConv(nn.Module):
     return x
 
 
+def stage_ends() -> tuple[int, ...]:
+  """Index of the last MBConv block of each of the seven stages (stage k's output has stride 2^min(k+1, 5))."""
+  return tuple(int(i) - 1 for i in np.cumsum([stage[0] for stage in STAGES]))
+
+
+def stage_stride(stage: int) -> int:
+  """The output stride of stage `stage` (1-based, as STAGES): 2, 4, 8, 16, 16, 32, 32."""
+  stride = 2
+  for _, _, s, _, _, _ in STAGES[:stage]:
+    stride *= s
+  return stride
+
+
 class EfficientNetLite0(nn.Module):
-  """EfficientNet-Lite0 (inference mode): normalised (B, H, W, 3) → logits (B, 1000), or features (B, 1280)."""
+  """EfficientNet-Lite0 (inference mode): normalised (B, H, W, 3) → logits (B, 1000), or features (B, 1280).
+
+  With `stages=(2, 3)` it returns {stage: (B, H/s, W/s, C)} instead, the outputs of those stages (1-based
+  as STAGES), and runs no further: the intermediate features of the dense distillation target (docs/teachers.md).
+  """
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, features_only: bool = False) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, features_only: bool = False, stages: tuple[int, ...] = ()) -> Any:
     x = nn.Conv(STEM, (3, 3), (2, 2), padding='SAME', use_bias=False, name='conv_stem')(x)
     x = nn.relu6(_bn('bn0')(x))
+    ends, outputs = stage_ends(), {}
     for i, (kernel, stride, expand, cin, cout) in enumerate(block_list()):
       x = MBConv(kernel, stride, expand, cin, cout, name=f'blocks_{i}')(x)
+      for stage in stages:
+        if ends[stage - 1] == i:
+          outputs[stage] = x
+      if stages and len(outputs) == len(stages):
+        return outputs
     x = nn.Conv(HEAD, (1, 1), use_bias=False, name='conv_head')(x)
     x = nn.relu6(_bn('bn1')(x))
     x = jnp.mean(x, axis=(1, 2))
