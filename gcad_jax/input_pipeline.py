@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_loco import layout
+
 # ImageNet statistics (GCAD.md §3.4): every network gets the same normalised image.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LABELS = ('good', 'logical_anomalies', 'structural_anomalies')
+LABELS = layout.KINDS  # label index -> kind of image, as the TFDS builder stores it
 
 
 @dataclasses.dataclass

@@ -29,14 +29,13 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 from tensorflow_datasets.core.utils.lazy_imports_utils import tensorflow as tf
 
+from tfds_loco import categories
 from tfds_loco import layout
 
 ARCHIVE_NAME = 'mvtec_loco_anomaly_detection.tar.xz'
 ARCHIVE_SHA256 = '9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687'
 EXTRACTED_NAME = 'mvtec_loco_anomaly_detection'  # where the archive is extracted, inside manual_dir
 HOMEPAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-loco'
-LOCO_CATEGORIES = ('breakfast_box', 'juice_bottle', 'pushpins', 'screw_bag', 'splicing_connectors')
-SYNTHETIC_CATEGORIES = ('synthetic_tray', 'synthetic_grid', 'synthetic_connectors')
 _CONFIG_NAME = re.compile(r'^[\w+\-.]+$')  # what TFDS accepts as a config name in 'mvtec_loco/<config>'
 
 
@@ -166,9 +165,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
   BUILDER_CONFIGS = [
       *(tfds.core.BuilderConfig(name=c, description=f'MVTec LOCO AD category {c}.')
-        for c in LOCO_CATEGORIES),
+        for c in categories.LOCO_CATEGORIES),
       *(tfds.core.BuilderConfig(name=c, description=f'Procedural scene {c} in LOCO layout.')
-        for c in SYNTHETIC_CATEGORIES),
+        for c in categories.SYNTHETIC_CATEGORIES),
   ]
   _runtime_configs: dict[str, tfds.core.BuilderConfig] = {}  # one object per name, as TFDS expects
 

@@ -13,12 +13,13 @@ import zlib
 
 import numpy as np
 
+from tfds_loco import categories
 from tfds_loco.synthetic import connectors
 from tfds_loco.synthetic import draw
 from tfds_loco.synthetic import grid
 from tfds_loco.synthetic import tray
 
-CATEGORIES = ('synthetic_tray', 'synthetic_grid', 'synthetic_connectors')
+CATEGORIES = categories.SYNTHETIC_CATEGORIES
 DEFAULT_SIZE = (320, 256)  # (W, H), non-square on purpose (§3: never assume a square image).
 MIN_SIZE = 64
 
@@ -32,8 +33,7 @@ SPLITS = {
 }
 _NEAR = '~'  # Recipe prefix: place this defect at the previous defect's anchor (overlapping channels).
 
-FAMILIES = {'synthetic_tray': tray.FAMILY, 'synthetic_grid': grid.FAMILY,
-            'synthetic_connectors': connectors.FAMILY}
+FAMILIES = dict(zip(CATEGORIES, (tray.FAMILY, grid.FAMILY, connectors.FAMILY)))  # the order of CATEGORIES
 
 
 def default_counts() -> dict[str, int]:
