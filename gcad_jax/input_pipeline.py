@@ -78,7 +78,10 @@ def resize_uint8(images: np.ndarray, size: Sequence[int], method: str, chunk: in
 
 
 def _builder(config):
-  """The TFDS builder of the configured category (built from dataset.manual_dir when needed)."""
+  """The TFDS builder of the configured category, built from dataset.manual_dir when needed.
+
+  A build from another folder of the same name, or from files since changed, is rebuilt (tfds_loco.build).
+  """
   from tfds_loco import build as tfds_build  # Lazy: TFDS is not needed by bench/distill machines.
 
   return tfds_build.build(
