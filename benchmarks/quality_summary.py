@@ -15,9 +15,9 @@ import json
 import pathlib
 import sys
 
-from gcad_jax import atomic_io, train
+from gcad_jax import atomic_io, report, train
 
-KINDS = ('structural_anomalies', 'logical_anomalies', 'mean')
+KINDS = (*report.KINDS, 'mean')
 
 
 def figures(metrics: dict, limit: str) -> dict[str, dict[str, float]]:

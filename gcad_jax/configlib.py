@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from tfds_loco import categories
+
 # Paper Table 2 is not reproduced in the spec; GCAD.md §7.4 recommends flips only where they cannot create a
 # logical anomaly. Unknown categories (synthetic scenes, a user's own product) default to no flips.
 CATEGORY_FLIPS = {
@@ -19,8 +21,8 @@ CATEGORY_FLIPS = {
     'splicing_connectors': (True, True),
 }
 
-REAL_CATEGORIES = tuple(CATEGORY_FLIPS)
-SYNTHETIC_CATEGORIES = ('synthetic_tray', 'synthetic_grid', 'synthetic_connectors')  # tfds_loco.synthetic
+REAL_CATEGORIES = categories.LOCO_CATEGORIES
+SYNTHETIC_CATEGORIES = categories.SYNTHETIC_CATEGORIES
 RECEPTIVE_FIELDS = (17, 33)
 SHIPPED_TEACHER_WIDTHS = (128, 256, 256)  # gcad_jax/weights/MODEL_CARD.md
 

@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_loco import layout
+
 # ImageNet statistics (GCAD.md §3.4): every network gets the same normalised image.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LABELS = ('good', 'logical_anomalies', 'structural_anomalies')
+LABELS = layout.KINDS  # label index -> kind of image, as the TFDS builder stores it
 
 
 @dataclasses.dataclass
@@ -76,7 +78,10 @@ def resize_uint8(images: np.ndarray, size: Sequence[int], method: str, chunk: in
 
 
 def _builder(config):
-  """The TFDS builder of the configured category (built from dataset.manual_dir when needed)."""
+  """The TFDS builder of the configured category, built from dataset.manual_dir when needed.
+
+  A build from another folder of the same name, or from files since changed, is rebuilt (tfds_loco.build).
+  """
   from tfds_loco import build as tfds_build  # Lazy: TFDS is not needed by bench/distill machines.
 
   return tfds_build.build(

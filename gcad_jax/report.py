@@ -20,8 +20,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from gcad_jax import atomic_io, evaluate
+from tfds_loco import layout
 
-KINDS = ('structural_anomalies', 'logical_anomalies')
+KINDS = layout.ANOMALY_KINDS[::-1]  # structural first, as the paper's tables
 SHORT = {'structural_anomalies': 'structural', 'logical_anomalies': 'logical', 'mean': 'mean'}
 VARIANTS = ('local', 'global', 'combined')
 LIMIT = '0.05'
@@ -186,7 +187,6 @@ def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pa
 def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
                   per_kind: int = 2) -> list[pathlib.Path]:
   """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale."""
-  from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   plt = _pyplot()
   records = layout.list_split(cat_dir, 'test')
   chosen = [r for kind in layout.KINDS for r in [r for r in records if r.kind == kind][:per_kind]]

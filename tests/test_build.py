@@ -5,6 +5,7 @@ Each bad input must raise a LocoFormatError naming the file, before anything is 
 
 import importlib.util
 import json
+import os
 import pathlib
 import re
 import shutil
@@ -200,3 +201,79 @@ def test_quiet_build_and_reuse_without_manual_dir(tmp_path, capsys):
   assert again.data_dir == builder.data_dir and len(again.as_data_source('train')) == 2
   with pytest.raises(layout.LocoFormatError, match='manual_dir .*downloads/manual does not exist'):
     build_lib.build('synthetic_grid', None, tmp_path / 'data')
+
+
+def _train_ids(builder):
+  return sorted(ex['image_id'].decode() for ex in builder.as_data_source('train'))
+
+
+def test_a_build_from_another_folder_is_rebuilt_and_names_both(tmp_path, caplog):
+  """TFDS keys a build by category name alone: a second folder of the same name must not reuse it."""
+  folder_a = write_category(tmp_path / 'a', 'pushpins', train=3)
+  folder_b = write_category(tmp_path / 'b', 'pushpins', train=4, seed=1)
+  built = build_lib.build('pushpins', tmp_path / 'a', tmp_path / 'data', quiet=True)
+  assert built.info.metadata['source']['folder'] == str(folder_a.resolve())
+  assert built.stale_reason(tmp_path / 'a') is None
+  with caplog.at_level('WARNING'):
+    rebuilt = build_lib.build('pushpins', tmp_path / 'b', tmp_path / 'data', quiet=True)
+  assert len(rebuilt.as_data_source('train')) == 4
+  first = rebuilt.as_data_source('train')[0]['image']
+  np.testing.assert_array_equal(first, np.asarray(Image.open(folder_b / 'train/good/000.png')))
+  warning = next(r.getMessage() for r in caplog.records if 'rebuilding' in r.getMessage())
+  assert str(folder_a.resolve()) in warning and str(folder_b.resolve()) in warning
+  again = tfds.builder('mvtec_loco/pushpins', data_dir=tmp_path / 'data')  # as read back from disk
+  assert again.info.metadata['source']['folder'] == str(folder_b.resolve())
+  assert 'not from' in again.stale_reason(tmp_path / 'a')
+
+
+def test_changed_files_in_the_same_folder_are_detected(tmp_path):
+  cat = write_category(tmp_path / 'manual', 'pushpins', train=3)
+  builder = build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  mask = cat / 'ground_truth/logical_anomalies/000/000.png'
+  stat = mask.stat()
+  os.utime(mask, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # touched: a mask fixed in place
+  assert 'changed since it was built (15 files then, 15 now' in builder.stale_reason(tmp_path / 'manual')
+  builder = build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  assert builder.stale_reason(tmp_path / 'manual') is None
+  shutil.copy(cat / 'train/good/000.png', cat / 'train/good/003.png')  # an image added
+  assert 'changed since it was built (15 files then, 16 now' in builder.stale_reason(tmp_path / 'manual')
+  builder = build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  assert _train_ids(builder) == [f'train/good/00{i}' for i in range(4)]
+  (cat / '.DS_Store').write_text('x')  # hidden files are not part of the data set
+  assert builder.stale_reason(tmp_path / 'manual') is None
+
+
+def test_an_unchanged_folder_is_reused_not_rebuilt(tmp_path, monkeypatch):
+  write_category(tmp_path / 'manual', 'pushpins')
+  build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+
+  def no_scan(*args):
+    raise AssertionError('rebuilt although nothing changed')
+
+  monkeypatch.setattr(mvtec_loco.mvtec_loco_dataset_builder, 'scan_manual_dir', no_scan)
+  assert len(build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data').as_data_source('test')) == 5
+
+
+def test_a_build_that_records_no_source_is_rebuilt(tmp_path):
+  """Builds written before the source was recorded cannot be matched to a folder: rebuilt once."""
+  write_category(tmp_path / 'manual', 'pushpins')
+  builder = build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  metadata = builder.data_path / 'metadata.json'
+  recorded = json.loads(metadata.read_text())
+  metadata.write_text(json.dumps({k: v for k, v in recorded.items() if k != 'source'}))
+  old = tfds.builder('mvtec_loco/pushpins', data_dir=tmp_path / 'data')
+  assert 'records no source folder' in old.stale_reason(tmp_path / 'manual')
+  rebuilt = build_lib.build('pushpins', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  assert rebuilt.info.metadata['source'] == recorded['source']
+
+
+def test_command_line_rebuilds_from_another_folder(tmp_path, capsys):
+  write_category(tmp_path / 'a', 'my_product', train=3)
+  write_category(tmp_path / 'b', 'my_product', train=4)
+  args = ['--category', 'my_product', '--data_dir', str(tmp_path / 'data'), '--manual_dir']
+  assert build_lib.main(args + [str(tmp_path / 'a')]) == 0
+  capsys.readouterr()
+  assert build_lib.main(args + [str(tmp_path / 'b')]) == 0
+  out = capsys.readouterr().out
+  assert f'it was built from {(tmp_path / "a").resolve()}/my_product, not from' in out, out
+  assert 'train          4 examples' in out and 'already built' not in out

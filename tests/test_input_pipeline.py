@@ -1,5 +1,8 @@
 """Input pipeline: resize, normalisation, augmentation (GCAD.md §7.4) and deterministic epochs."""
 
+import pathlib
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,10 @@ import pytest
 
 from gcad_jax import configlib
 from gcad_jax import input_pipeline as ip
+from tfds_loco import synthetic
+import train_worker
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _images(batch=4, height=32, width=48, seed=0):
@@ -119,3 +126,26 @@ def test_epoch_batches_without_drop_last_fill_the_last_batch():
 def test_too_few_images_for_one_batch_is_a_clear_error():
   with pytest.raises(ValueError, match='batch_size'):
     ip.steps_per_epoch(5, 8, drop_last=True)
+
+
+def test_load_split_reads_the_folder_configured_not_an_earlier_build_of_the_same_name(tmp_path):
+  """Issue 25: a data_dir holding a build of the same category from another folder (or from older files
+  of the same folder) is rebuilt; it must never be trained on while the ground truth comes from here."""
+  counts = {'train': 5, 'validation': 1, 'good': 1, 'logical': 1, 'structural': 1}
+  synthetic.generate(tmp_path / 'a', 'synthetic_grid', seed=1, size=(64, 64), counts=counts)
+  synthetic.generate(tmp_path / 'b', 'synthetic_grid', seed=2, size=(64, 64), counts={**counts, 'train': 3})
+  config = train_worker.load_config(ROOT / 'configs' / 'tiny.py')
+  config.dataset.category = 'synthetic_grid'
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  config.dataset.manual_dir = str(tmp_path / 'a')
+  from_a = ip.load_split(config, 'train')
+  config.dataset.manual_dir = str(tmp_path / 'b')
+  from_b = ip.load_split(config, 'train')
+  config.dataset.data_dir = str(tmp_path / 'tfds_b_only')
+  expected = ip.load_split(config, 'train')
+  assert len(from_a) == 5 and len(from_b) == 3
+  np.testing.assert_array_equal(from_b.images, expected.images)
+  added = tmp_path / 'b' / 'synthetic_grid' / 'train' / 'good' / '003.png'
+  shutil.copy(added.with_name('000.png'), added)  # the user adds an image to their folder
+  config.dataset.data_dir = str(tmp_path / 'tfds')
+  assert len(ip.load_split(config, 'train')) == 4

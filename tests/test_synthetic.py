@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from tfds_loco import synthetic
+from tfds_loco.synthetic import writer
 
 SIZE = (96, 64)  # (W, H): small and non-square
 SMALL = {'train': 2, 'validation': 1, 'good': 2, 'logical': 3, 'structural': 3}
@@ -243,8 +244,8 @@ def test_refuses_overwrite_and_writes_atomically(tmp_path, monkeypatch):
       raise KeyboardInterrupt
     return real_write(p, a)
 
-  real_write = synthetic._write_png
-  monkeypatch.setattr(synthetic, '_write_png', failing_write)
+  real_write = writer._write_png
+  monkeypatch.setattr(writer, '_write_png', failing_write)
   with pytest.raises(KeyboardInterrupt):
     synthetic.generate(tmp_path, 'synthetic_grid', size=SIZE, counts=counts)
   calls.clear()

@@ -29,6 +29,9 @@ def build(category: str, manual_dir: epath.PathLike | None = None, data_dir: epa
           overwrite: bool = False, *, quiet: bool = False) -> tfds.core.DatasetBuilder:
   """Checks and builds `category` from manual_dir into data_dir; reuses a built one unless overwrite.
 
+  A built one is reused only if it was built from the same folder with the same files (names, sizes,
+  modification times); otherwise it is rebuilt, with a warning naming both (Builder.stale_reason).
+
   data_dir None is TFDS's default; manual_dir None is TFDS's default (<data_dir>/downloads/manual),
   which is enough when the data set is already built. quiet silences TFDS's prints and progress bars.
   Raises layout.LocoFormatError (naming the file) on bad input; nothing is written then, and an
@@ -103,11 +106,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     existing = mvtec_loco.builder_for(args.category, data_dir=args.data_dir)
-    if existing.data_path.exists() and not args.overwrite:
-      print(f'{existing.info.full_name} is already built in {existing.data_dir}; '
+    stale = existing.stale_reason(args.manual_dir)
+    if existing.data_path.exists() and not args.overwrite and not stale:
+      print(f'{existing.info.full_name} is already built in {existing.data_dir} from the same files; '
             'pass --overwrite to rebuild it')
       seconds = None
     else:
+      if stale:
+        print(f'{stale}; rebuilding it')
       print(f'Checking and building {args.category} from {args.manual_dir} into {args.data_dir} ...',
             flush=True)
       start = time.monotonic()

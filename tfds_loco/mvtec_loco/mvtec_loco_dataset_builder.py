@@ -3,18 +3,25 @@
 One config per category; splits train, validation and test; images at their original size; one raw,
 never binarised mask per ground-truth channel with its defects_config.json entry. The whole category
 is checked (tfds_loco.layout.scan_category) before TFDS writes anything.
+
+A build records where it came from (metadata `source`: the category folder and a fingerprint of its
+files). TFDS keys a build by category name alone, so a build is reused only while the folder given and
+its files are the ones recorded; otherwise it is rebuilt (Builder.download_and_prepare).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import pathlib
 import re
 import shutil
 import tarfile
+from typing import Any
 import uuid
 
+from absl import logging
 from etils import epath
 import numpy as np
 from PIL import Image
@@ -22,14 +29,13 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core import example_parser
 from tensorflow_datasets.core.utils.lazy_imports_utils import tensorflow as tf
 
+from tfds_loco import categories
 from tfds_loco import layout
 
 ARCHIVE_NAME = 'mvtec_loco_anomaly_detection.tar.xz'
 ARCHIVE_SHA256 = '9e7c84dba550fd2e59d8e9e231c929c45ba737b6b6a6d3814100f54d63aae687'
 EXTRACTED_NAME = 'mvtec_loco_anomaly_detection'  # where the archive is extracted, inside manual_dir
 HOMEPAGE = 'https://www.mvtec.com/company/research/datasets/mvtec-loco'
-LOCO_CATEGORIES = ('breakfast_box', 'juice_bottle', 'pushpins', 'screw_bag', 'splicing_connectors')
-SYNTHETIC_CATEGORIES = ('synthetic_tray', 'synthetic_grid', 'synthetic_connectors')
 _CONFIG_NAME = re.compile(r'^[\w+\-.]+$')  # what TFDS accepts as a config name in 'mvtec_loco/<config>'
 
 
@@ -98,6 +104,38 @@ def scan_manual_dir(manual_dir: epath.PathLike, category: str) -> layout.Categor
     return layout.scan_category(cat_dir, progress=progress)
 
 
+def source_record(cat_dir: epath.PathLike) -> dict[str, Any]:
+  """The category folder (absolute) and a fingerprint of its files: relative names, sizes, mtimes.
+
+  Hidden files and folders are left out, as the layout reader ignores them (tfds_loco.layout).
+  """
+  cat_dir = pathlib.Path(cat_dir).expanduser().resolve()
+  entries, folders = [], [cat_dir]
+  while folders:
+    for path in folders.pop().iterdir():
+      if path.name.startswith('.'):
+        continue
+      if path.is_dir():
+        folders.append(path)
+      else:
+        stat = path.stat()
+        entries.append(f'{path.relative_to(cat_dir).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}')
+  digest = hashlib.sha256('\n'.join(sorted(entries)).encode()).hexdigest()
+  return {'folder': str(cat_dir), 'files': len(entries), 'fingerprint': digest}
+
+
+def source_change(recorded: Any, current: dict[str, Any]) -> str | None:
+  """Why a build recorded as coming from `recorded` is not a build of `current`; None when it is."""
+  if not isinstance(recorded, dict) or 'fingerprint' not in recorded:
+    return f'it records no source folder (built before sources were recorded), now {current["folder"]}'
+  if recorded.get('folder') != current['folder']:
+    return f'it was built from {recorded.get("folder")}, not from {current["folder"]}'
+  if recorded['fingerprint'] != current['fingerprint']:
+    return (f'files in {current["folder"]} changed since it was built ({recorded.get("files")} files then, '
+            f'{current["files"]} now; names, sizes or modification times differ)')
+  return None
+
+
 def _check_config_name(category: str) -> str:
   if not _CONFIG_NAME.match(category):
     raise layout.LocoFormatError(
@@ -127,9 +165,9 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   """
   BUILDER_CONFIGS = [
       *(tfds.core.BuilderConfig(name=c, description=f'MVTec LOCO AD category {c}.')
-        for c in LOCO_CATEGORIES),
+        for c in categories.LOCO_CATEGORIES),
       *(tfds.core.BuilderConfig(name=c, description=f'Procedural scene {c} in LOCO layout.')
-        for c in SYNTHETIC_CATEGORIES),
+        for c in categories.SYNTHETIC_CATEGORIES),
   ]
   _runtime_configs: dict[str, tfds.core.BuilderConfig] = {}  # one object per name, as TFDS expects
 
@@ -139,6 +177,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._manual_dir = manual_dir
     self._original_state['manual_dir'] = manual_dir  # kept when pickled
     self._scan: layout.CategoryScan | None = None
+    self._source: dict[str, Any] | None = None  # source_record of the folder being built
     # array_record gives random access through as_data_source() without tf.data (§12). A data set
     # already on disk keeps the format it was written in.
     if file_format is None and not self._has_files():
@@ -176,23 +215,51 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         disable_shuffling=True,  # examples in file order: test/good/000, 001, ...
     )
 
+  def stale_reason(self, manual_dir: epath.PathLike | None = None) -> str | None:
+    """Why the data set on disk is not a build of the category in manual_dir; None when it is.
+
+    Also None when nothing is built or no manual_dir is given (here or to the constructor): a built
+    data set is then read as it is.
+    """
+    manual_dir = manual_dir or self._manual_dir
+    if not manual_dir or not self._has_files():
+      return None
+    current = source_record(locate_category(manual_dir, self.builder_config.name))
+    change = source_change(self.info.metadata.get('source'), current)
+    return change and f'{self.info.full_name} in {self.data_dir_root}: {change}'
+
   def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs) -> None:
-    """Checks the whole category before TFDS creates any file or folder, then builds it."""
+    """Checks the whole category before TFDS creates any file or folder, then builds it.
+
+    A data set already built is reused only when it was built from the same folder with the same files
+    (stale_reason); otherwise it is rebuilt, so training never reads one folder's build while evaluation
+    reads another folder's ground truth.
+    """
     download_config = download_config or tfds.download.DownloadConfig()
     mode = download_config.download_mode
     reused = self.data_path.exists() and not mode.overwrite_dataset
+    if reused and mode != tfds.download.GenerateMode.UPDATE_DATASET_INFO:
+      stale = self.stale_reason(download_config.manual_dir)
+      if stale:
+        logging.warning('%s; rebuilding it', stale)
+        mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
+        download_config = dataclasses.replace(download_config, download_mode=mode)
+        reused = False
     if not reused and mode != tfds.download.GenerateMode.UPDATE_DATASET_INFO:
       manual_dir = (download_config.manual_dir or self._manual_dir
                     or epath.Path(download_dir or self.data_dir_root / 'downloads') / 'manual')
+      cat_dir = locate_category(manual_dir, self.builder_config.name)
+      self._source = source_record(cat_dir)  # before the scan: a file changed during it means a rebuild
       self._scan = scan_manual_dir(manual_dir, self.builder_config.name)
     try:
       super().download_and_prepare(download_dir=download_dir, download_config=download_config, **kwargs)
     finally:
-      self._scan = None
+      self._scan = self._source = None
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     scan = self._scan or scan_manual_dir(dl_manager.manual_dir, self.builder_config.name)
     self.info.metadata.update(
+        source=self._source or source_record(scan.cat_dir),
         defects_config=scan.defects_json,
         image_size={'width': scan.image_size[0], 'height': scan.image_size[1]},
     )
