@@ -14,7 +14,7 @@ alone) it prints:
   * the map's maximum where the pair differs (the changed pixels at network size, dilated by 1) and elsewhere
     (outside those pixels dilated by 4), anomalous against twin: whether the branch fires at the defect, and
     whether the rest of the scene moves with it.
-Not part of CI: about 10 minutes per scale for 80 pairs on 2 CPU cores. Figures: docs/quality.md (session 16).
+Not part of CI: about 10 minutes per scale for 80 pairs on 2 CPU cores. Figures: docs/experiments.md, "What two nectarines do to each branch" (2026-11-28, commit 5cc9e4a).
 """
 
 from __future__ import annotations
