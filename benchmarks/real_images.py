@@ -215,12 +215,15 @@ def table(result: dict) -> str:
   def fmt(v):
     return '    -' if v is None else f'{v:.3f}'
 
-  short = ('struct', 'logic', 'mean')
-  head = ' '.join(f'{m}:{s}' for m in ('AUROC', 'sPRO@.05', 'sPRO@.3') for s in short)
-  lines = [f'{"map":9} {head}']
-  for name, f in result['maps'].items():
-    cells = [f['auroc'][k] for k in KINDS] + [f['spro'][lim][k] for lim in LIMITS for k in KINDS]
-    lines.append(f'{name:9} ' + ' '.join(f'{fmt(v):>{len(h)}}' for v, h in zip(cells, head.split())))
+  short = dict(zip(KINDS, ('struct', 'logic', 'mean')))
+  cells = {name: {f'AUROC:{short[k]}': f['auroc'][k] for k in KINDS} | {
+      f'sPRO@{lim}:{short[k]}': f['spro'][lim][k] for lim in LIMITS for k in KINDS}
+           for name, f in result['maps'].items()}
+  # Columns that no map fills (no logical anomalies, hence no mean) are left out.
+  head = [h for h in next(iter(cells.values()), {}) if any(row[h] is not None for row in cells.values())]
+  lines = [f'{"map":9} ' + ' '.join(head)]
+  for name, row in cells.items():
+    lines.append(f'{name:9} ' + ' '.join(f'{fmt(row[h]):>{len(h)}}' for h in head))
   rows = result.get('per_defect_type') or {}
   if rows:
     lines += ['', f'{"defect type (AUROC / sPRO@0.05)":34} ' + ' '.join(f'{m:>13}' for m in MAPS)]

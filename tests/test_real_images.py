@@ -159,6 +159,7 @@ def test_figures_and_table_read_metrics_json():
   text = real_images.table(result)
   assert [line.split()[0] for line in text.splitlines()] == ['map', 'combined', 'local', 'global']
   assert '0.900' in text and '0.500' in text
+  assert text.splitlines()[0].split() == ['map', 'AUROC:struct', 'sPRO@0.05:struct', 'sPRO@0.3:struct']
 
 
 def test_train_command_sets_the_data_and_passes_extra_flags_last(tmp_path):
