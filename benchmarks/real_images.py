@@ -168,7 +168,7 @@ def write_category(src: pathlib.Path, out: pathlib.Path, conversion: dict) -> No
     gt_dir = out / 'ground_truth' / entry['kind'] / pathlib.Path(entry['target']).stem
     gt_dir.mkdir(parents=True, exist_ok=True)
     for c, channel in enumerate(channels):
-      Image.fromarray(channel, mode='L').save(gt_dir / f'{c:03d}.png')
+      Image.fromarray(channel).save(gt_dir / f'{c:03d}.png')
   (out / layout.DEFECTS_CONFIG).write_text(json.dumps(conversion['defects'], indent=1) + '\n')
   (out / 'mapping.json').write_text(json.dumps(conversion, indent=1) + '\n')
 

@@ -21,7 +21,7 @@ def _image(path, seed, mode='RGB', size=SIZE):
   rng = np.random.default_rng(seed)
   path.parent.mkdir(parents=True, exist_ok=True)
   shape = (size[1], size[0], 3) if mode == 'RGB' else (size[1], size[0])
-  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
+  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)  # (H, W) → L, (H, W, 3) → RGB
 
 
 def _mask(path, boxes, size=SIZE):
@@ -29,7 +29,7 @@ def _mask(path, boxes, size=SIZE):
   for y0, y1, x0, x1 in boxes:
     mask[y0:y1, x0:x1] = 255
   path.parent.mkdir(parents=True, exist_ok=True)
-  Image.fromarray(mask, mode='L').save(path)
+  Image.fromarray(mask).save(path)
 
 
 @pytest.fixture
