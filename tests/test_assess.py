@@ -4,12 +4,13 @@ import importlib.util
 import json
 import pathlib
 
+import flax
 import jax
 import numpy as np
 import pytest
 import tifffile
 
-from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, scoring
+from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, report, scoring
 from tfds_loco import layout
 import test_scoring
 
@@ -117,3 +118,28 @@ def test_predict_api_gives_the_exported_maps_for_any_batch_size(assessed):
     assert s == float(m.max())
   with pytest.raises(ValueError, match='uint8'):
     model.score([np.zeros((8, 8), np.float32)])
+
+
+@flax.struct.dataclass
+class _SteppedWeights:
+  """Weights with a training step, as a `train.TrainState` has."""
+  params: dict
+  e_loc_params: dict
+  eloc_stats: dict
+  step: np.ndarray
+
+
+def test_report_shows_each_scales_step(assessed, tmp_path):
+  """Two scales trained to different steps: report.md and metrics.json give each scale's, not the last one's."""
+  config, models, mesh, _, _, _, test, _ = assessed
+  nets, _ = models[17]
+  _, _, w = test_scoring.tiny_model()
+  two = {p: (nets, parallel.replicate(_SteppedWeights(w.params, w.e_loc_params, w.eloc_stats, np.int32(s)),
+                                      config.parallel, mesh)) for p, s in ((17, 120), (33, 240))}
+  assert assess.scale_steps(config, two, step=240) == {17: 120, 33: 240}
+  val = input_pipeline.SplitData(test.images[:6], test.image_ids[:6], test.labels[:6], test.original_sizes[:6])
+  with pytest.warns(evaluate.EvaluationWarning):
+    out = assess.run(config, tmp_path, two, mesh, step=240, val_data=val, test_data=test)
+  assert 'Checkpoint steps p17 120, p33 240; scales [17, 33]' in (tmp_path / report.REPORT_FILE).read_text()
+  assert out['metrics']['gcad_jax']['steps'] == {'17': 120, '33': 240} and out['metrics']['gcad_jax']['step'] == 240
+  assert export.read_marker(tmp_path / 'anomaly_maps')['steps'] == {'17': 120, '33': 240}
