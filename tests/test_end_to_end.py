@@ -20,6 +20,8 @@ from tfds_loco import synthetic
 import train_worker
 import workdir_checks
 
+pytestmark = pytest.mark.slow  # trains and evaluates end to end (minutes)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = 'synthetic_grid'
 COUNTS = {'train': 16, 'validation': 4, 'good': 4, 'logical': 3, 'structural': 3}

@@ -17,6 +17,8 @@ from tfds_loco import layout
 from tfds_loco import synthetic
 import workdir_checks
 
+pytestmark = pytest.mark.slow  # trains and evaluates end to end (minutes)
+
 CATEGORIES = ('synthetic_grid', 'synthetic_tray')
 SEEDS = (0, 1)
 COUNTS = {'train': 8, 'validation': 4, 'good': 3, 'logical': 3, 'structural': 3}

@@ -429,6 +429,7 @@ def test_losses_on_a_hand_checkable_case(tiny):
     models.per_image_losses(nets, params, f, x, skip_weights(0.0), with_glo=True, reduction='bogus')
 
 
+@pytest.mark.slow
 def test_gradient_flow(tiny):
   nets, trainable, e_loc, x = tiny
   stats = {'mean': jnp.zeros(16), 'std': jnp.ones(16)}
