@@ -45,6 +45,19 @@ ensure_venv() {
   fi
 }
 
+# CI also runs the PyTorch cross-check of tests/test_bench.py (benchmarks/torch_reference.py). torch is pinned
+# exactly: that release's CPU wheel; a range would admit newer releases whose default wheels are multi-GB CUDA
+# builds. Not a dependency of gcad_jax (nor of its `test` extra).
+CI_TORCH=torch==2.13.0
+
+ensure_ci_torch() {
+  [[ "${CI:-}" == "true" ]] || return 0
+  if ! "$VENV/bin/python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("torch").split("+")[0] != "'"${CI_TORCH#torch==}"'")' 2>/dev/null; then
+    log "CI: installing $CI_TORCH for the PyTorch cross-check"
+    "$VENV/bin/python" -m pip install --quiet "$CI_TORCH"
+  fi
+}
+
 require_module() {
   if [[ ! -f "$1" ]]; then
     log "$2 ($1) is not part of this version yet; see CHANGELOG.md. Meanwhile: python -m gcad_jax.main --config=configs/loco.py:CATEGORY ..."
@@ -61,6 +74,7 @@ case "$cmd" in
     ;;
   test)
     ensure_venv test
+    ensure_ci_torch
     exec "$VENV/bin/python" -m pytest "$@"
     ;;
   loco)

@@ -16,9 +16,10 @@ import time
 from typing import Mapping
 
 import jax
+import numpy as np
 from absl import logging
 
-from gcad_jax import evaluate, export, input_pipeline, report, scoring
+from gcad_jax import evaluate, export, input_pipeline, parallel, report, scoring
 from tfds_loco import layout
 
 
@@ -31,10 +32,32 @@ def branch_maps_enabled(config) -> bool:
   return bool(section.get('branch_maps', False)) if section is not None else False
 
 
+def scale_steps(config, models: Mapping[int, tuple], step: int) -> dict[int, int]:
+  """{p: the training step of scale p's state}; `step` for a state without one (e.g. bare weights)."""
+  steps = {}
+  for p, (_, state) in models.items():
+    value = getattr(state, 'step', None)
+    if value is not None:
+      value = np.asarray(parallel.unreplicate(value, config.parallel)).reshape(-1)[0]
+    steps[p] = int(step if value is None else value)
+  return steps
+
+
+def checkpoint_line(config, steps: Mapping[int, int], maps_root: str) -> str:
+  """report.md's first line: each scale's checkpoint step, the scoring choices, where the maps are."""
+  if len(steps) == 1:
+    where = f'Checkpoint step {next(iter(steps.values()))}; scales {list(steps)}'
+  else:
+    where = f'Checkpoint steps {", ".join(f"p{p} {s}" for p, s in steps.items())}; scales {list(steps)}'
+  return (f'{where}; normalisation {config.score.norm}, squared {bool(config.score.squared)}; '
+          f'maps in `{maps_root}`.')
+
+
 def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_data=None, test_data=None) -> dict:
   """Scores the test split with `models` = {p: (nets, state)}, exports, evaluates and reports.
 
-  Returns {'metrics', 'report', 'maps_dir', 'headline', 'seconds'}.
+  `step` is recorded as metrics.json's gcad_jax.step; each scale's own step (its state's, see `scale_steps`)
+  goes to gcad_jax.steps and report.md. Returns {'metrics', 'report', 'maps_dir', 'headline', 'seconds'}.
   """
   t0 = time.perf_counter()
   seconds = {}
@@ -62,8 +85,10 @@ def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_d
   if jax.process_index() != 0:  # Multi-host: every process scored (collectives); one writes.
     return {'metrics': None, 'report': None, 'maps_dir': None, 'headline': None, 'seconds': seconds}
 
+  steps = scale_steps(config, models, step)
+  recorded = {'step': int(step), 'steps': {str(p): s for p, s in steps.items()}, 'scales': [int(p) for p in models]}
   exported = export.export_variants(workdir, category, cat_dir, full, branch_maps=branch_maps_enabled(config),
-                                    description={'step': int(step), 'scales': [int(p) for p in models]})
+                                    description=recorded)
   image_scores = exported['combined']['image_scores']
   _say('wrote %d maps to %s', len(image_scores), exported['combined']['root'])
   lap('export')
@@ -77,12 +102,10 @@ def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_d
 
   metrics = report.assemble_metrics(
       per_variant['combined'], {v: per_variant[v] for v in ('local', 'global')},
-      extra={'anomaly_maps': exported['combined']['root'], 'step': int(step),
-             'scales': [int(p) for p in models], 'score': config.score.to_dict()
+      extra={'anomaly_maps': exported['combined']['root'], **recorded, 'score': config.score.to_dict()
              if hasattr(config.score, 'to_dict') else dict(config.score)})
   h = report.headline(metrics)
-  lines = [f'Checkpoint step {step}; scales {list(models)}; normalisation {config.score.norm}, '
-           f'squared {bool(config.score.squared)}; maps in `{exported["combined"]["root"]}`.']
+  lines = [checkpoint_line(config, steps, exported['combined']['root'])]
   path = report.write_category_report(workdir, metrics, category, cat_dir, full['combined'], image_scores,
                                       step=step, extra_lines=lines)
   lap('report')

@@ -1,13 +1,16 @@
 """The standalone evaluator: the official script's inputs and metrics.json, computed exactly.
 
 LOCO_FORMAT.md §8 (map layout), §9 (what is computed), §11 (exact mode, explicit thresholds, input checks).
-It reads files only and knows nothing of the model, so it scores any method's maps:
+It reads files only and knows nothing of the model, so it scores any method's maps (found, read and
+checked by `export`, which also writes them; pools and summary thresholds from `metrics.pools`):
 
   python -m gcad_jax.evaluate --dataset_base_dir D --anomaly_maps_dir M --object_name C --output_dir O \
       [--allow_missing] [--thresholds_from official/metrics.json] [--num_workers 2]
 
 writes O/metrics.json in the official schema (§9.8) plus our extras under the key "gcad_jax". Code that
 already holds the maps in memory calls `evaluate_category(dataset_category_dir, {image_id: map})`.
+The module is a little over 400 lines because it holds the evaluator's named steps and its command line
+together; each step is a short function.
 """
 
 from __future__ import annotations
@@ -22,114 +25,24 @@ import pathlib
 import sys
 import time
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from gcad_jax import export
 from gcad_jax.metrics import auroc as auroc_lib
+from gcad_jax.metrics import pools as pools_lib
 from gcad_jax.metrics import spro
 from tfds_loco import layout
 
-TIFF_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF')  # §8.3, the official TIFF_EXTS
 KINDS = layout.KINDS
 ANOMALY_KINDS = layout.ANOMALY_KINDS
 METRICS_FILE = 'metrics.json'
 EXTRAS_KEY = 'gcad_jax'
 
-MapsArg = str | os.PathLike | Mapping[str, Any]
-
 
 class EvaluationWarning(UserWarning):
   """A suspicious but valid input, e.g. an absolute saturation threshold above the channel's area (§6)."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Map sources: a folder in the §8 layout, or an in-memory mapping image_id -> 2-D array.
-
-
-def find_map_files(maps_category_dir: str | os.PathLike,
-                   records: Sequence[layout.ImageRecord]) -> dict[str, pathlib.Path]:
-  """{image_id: map path} for `<maps>/<category>/test/<kind>/<stem>.tiff` (LOCO_FORMAT.md §8).
-
-  Refuses entries under test/ other than the three kind folders, two maps with one stem, and maps without a
-  test image. Files with other suffixes are ignored, as by the official script.
-  """
-  test_dir = pathlib.Path(maps_category_dir) / 'test'
-  if not test_dir.is_dir():
-    raise layout.LocoFormatError(
-        f'{test_dir} is missing; maps go to <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff '
-        '(LOCO_FORMAT.md §8)')
-  unexpected = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith('.') and p.name not in KINDS)
-  if unexpected:
-    raise layout.LocoFormatError(
-        f'{test_dir} holds unexpected entries {unexpected}; only {list(KINDS)} belong there (the official '
-        'script reads the kind from the folder name and breaks on anything else)')
-  known = {r.image_id for r in records}
-  found: dict[str, pathlib.Path] = {}
-  for kind in KINDS:
-    kind_dir = test_dir / kind
-    if not kind_dir.is_dir():
-      continue
-    for path in sorted(kind_dir.iterdir()):
-      if path.name.startswith('.') or path.suffix not in TIFF_SUFFIXES or not path.is_file():
-        continue
-      image_id = f'test/{kind}/{path.stem}'
-      if image_id in found:
-        raise layout.LocoFormatError(
-            f'{found[image_id]} and {path} are two maps for one image; keep exactly one (write .tiff)')
-      if image_id not in known:
-        raise layout.LocoFormatError(
-            f'{path} has no test image {image_id}.png in the data set; remove it or check the kind folder')
-      found[image_id] = path
-  return found
-
-
-def _normalise_image_id(key: str) -> str:
-  """'test/good/000', 'good/000' or 'good/000.tiff' -> 'test/good/000'."""
-  key = str(key).replace(os.sep, '/').strip('/')
-  for suffix in TIFF_SUFFIXES + ('.png',):
-    if key.endswith(suffix):
-      key = key[:-len(suffix)]
-  return key if key.startswith('test/') else f'test/{key}'
-
-
-@dataclasses.dataclass(frozen=True)
-class _MapSource:
-  """Where each map comes from: files (paths) or memory (arrays); `where` names it in errors."""
-  files: Mapping[str, pathlib.Path] | None
-  arrays: Mapping[str, Any] | None
-  description: str
-
-  def ids(self) -> set[str]:
-    return set(self.files if self.files is not None else self.arrays)
-
-  def where(self, image_id: str) -> str:
-    return str(self.files[image_id]) if self.files is not None else f'maps[{image_id!r}]'
-
-  def load(self, image_id: str) -> np.ndarray:
-    if self.files is None:
-      return np.asarray(self.arrays[image_id])
-    import tifffile  # pylint: disable=g-import-not-at-top (only file input needs it)
-    path = self.files[image_id]
-    try:
-      return tifffile.imread(path)
-    except Exception as e:  # tifffile raises many types for broken files.
-      raise layout.LocoFormatError(f'{path} cannot be read as a TIFF ({e}); rewrite the map') from e
-
-
-def _map_source(maps: MapsArg, records: Sequence[layout.ImageRecord]) -> _MapSource:
-  if isinstance(maps, (str, os.PathLike)):
-    return _MapSource(find_map_files(maps, records), None, str(maps))
-  known = {r.image_id for r in records}
-  arrays = {}
-  for key, value in maps.items():
-    image_id = _normalise_image_id(key)
-    if image_id in arrays:
-      raise layout.LocoFormatError(f'maps holds two entries for {image_id}; keep exactly one')
-    if image_id not in known:
-      raise layout.LocoFormatError(f'maps[{key!r}] has no test image {image_id}.png in the data set')
-    arrays[image_id] = value
-  return _MapSource(None, arrays, '<in-memory maps>')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -148,38 +61,17 @@ class _Channel:
 class _ScoredImage:
   record: layout.ImageRecord
   max_score: float
-  negatives: np.ndarray  # scores outside the union of the channels, 1-D
+  negatives: np.ndarray | None  # scores outside the union of the channels, 1-D; None once buffered
   channels: list[_Channel]
   warnings: list[str]
 
 
-def _check_map(arr: np.ndarray, where: str, record: layout.ImageRecord, size_hw: tuple[int, int]) -> np.ndarray:
-  """A 2-D real map of the image's size, finite; returned as float32 or float64 scores (§8, §11.3)."""
-  if arr.ndim != 2:
-    raise layout.LocoFormatError(
-        f'{where} has shape {arr.shape}; a map is a 2-D (H, W) array, not (H, W, 1) or (1, H, W) (§8.4)')
-  if arr.dtype.kind not in 'biuf':
-    raise layout.LocoFormatError(f'{where} has dtype {arr.dtype}; a map holds real scores (write float32)')
-  if arr.shape != size_hw:
-    raise layout.LocoFormatError(
-        f'{where} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image {record.path} is '
-        f'{size_hw[1]}x{size_hw[0]}; write maps at the original image size (§3, §8.4)')
-  scores = arr.astype(spro.score_dtype(arr.dtype), copy=False)
-  if scores.dtype.kind == 'f':
-    lo, hi = scores.min(), scores.max()
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-      nan, inf = int(np.isnan(scores).sum()), int(np.isinf(scores).sum())
-      raise layout.LocoFormatError(
-          f'{where} holds {nan} NaN and {inf} infinite values; maps must be finite (§8.7)')
-  return scores
-
-
-def _score_image(record: layout.ImageRecord, source: _MapSource, cat_dir: pathlib.Path,
+def _score_image(record: layout.ImageRecord, source: export.MapSource, cat_dir: pathlib.Path,
                  defects: Mapping[int, layout.DefectType]) -> _ScoredImage:
   header = layout.read_png_header(record.path)
   size_hw = (header.height, header.width)
   where = source.where(record.image_id)
-  scores = _check_map(source.load(record.image_id), where, record, size_hw)
+  scores = export.check_map_scores(source.load(record.image_id), where, record, size_hw)
   channels = layout.read_ground_truth(cat_dir, record, dict(defects), size_hw)
   notes = []
   if not channels:
@@ -228,71 +120,132 @@ def _ordered_map(fn: Callable, items: Sequence, num_workers: int) -> Iterator:
         future.cancel()
 
 
-class _NegativeBuffer:
-  """The negative scores of one kind, copied image by image into one buffer, sorted later in place.
-
-  Keeps each image's segment until the buffer is sorted, for the per-defect-type subsets (§11.3).
-  """
-
-  def __init__(self, capacity: int):
-    self.capacity = max(capacity, 1)
-    self.buf = None  # allocated at the first append, in the scores' dtype
-    self.size = 0
-    self.segments: dict[str, tuple[int, int]] = {}
-
-  def append(self, image_id: str, values: np.ndarray) -> None:
-    n = values.size
-    if self.buf is None:
-      self.buf = np.empty(max(self.capacity, n), values.dtype)
-    dtype = np.result_type(values.dtype, self.buf.dtype)
-    if dtype != self.buf.dtype or self.size + n > self.buf.size:
-      fits = self.size + n <= self.buf.size
-      grown = np.empty(self.buf.size if fits else max(2 * self.buf.size, self.size + n), dtype)
-      grown[:self.size] = self.buf[:self.size]
-      self.buf = grown
-    self.buf[self.size:self.size + n] = values
-    self.segments[image_id] = (self.size, self.size + n)
-    self.size += n
-
-  def segment(self, image_id: str) -> np.ndarray:
-    lo, hi = self.segments[image_id]
-    return self.buf[lo:hi]
-
-  def sorted_pool(self) -> spro.ScorePool:
-    self.segments = {}
-    values = self.buf[:self.size] if self.buf is not None else np.zeros(0, np.float32)
-    self.buf = None
-    return spro.ScorePool.from_scores(values, in_place=True)
+def _read_images(cat_dir: pathlib.Path, records: Sequence[layout.ImageRecord], source: export.MapSource,
+                 defects: Mapping[int, layout.DefectType], num_workers: int
+                 ) -> tuple[list[_ScoredImage], dict[str, pools_lib.NegativeBuffer]]:
+  """One pass over the images: each map read once, its negatives copied into the buffer of its kind."""
+  size_hw = None
+  if records:
+    header = layout.read_png_header(records[0].path)
+    size_hw = (header.height, header.width)
+  per_image_pixels = size_hw[0] * size_hw[1] if size_hw else 0
+  buffers = {kind: pools_lib.NegativeBuffer(per_image_pixels * sum(r.kind == kind for r in records))
+             for kind in KINDS}
+  images = []
+  for image in _ordered_map(lambda r: _score_image(r, source, cat_dir, defects), records, num_workers):
+    buffers[image.record.kind].append(image.record.image_id, image.negatives)
+    image.negatives = None  # the buffer holds them now
+    images.append(image)
+  return images, buffers
 
 
 # ------------------------------------------------------------------------------------------------
-# The evaluation.
+# The evaluation, step by step.
 
 
-def _summary_thresholds(pools: Sequence[spro.ScorePool], events: np.ndarray, top: float, bottom: float,
-                        per_pool: int = 300) -> np.ndarray:
-  """A deterministic descending threshold list for per_threshold in exact mode (§9.8).
+def _channels_of(images: Iterable[_ScoredImage], defect_name: str | None = None) -> list[np.ndarray]:
+  return [c.events for im in images for c in im.channels if defect_name is None or c.defect.defect_name == defect_name]
 
-  Pool scores at FPR ranks spread linearly and logarithmically, event scores at evenly spaced ranks, the
-  largest score (FPR 0) and a value below the smallest (FPR 1).
+
+def _curves(pools, channels, thresholds, need_exact=True) -> tuple[spro.SproCurve | None, spro.SproCurve | None]:
+  """(the exact curve, the curve at `thresholds`); each None when not asked for."""
+  exact = spro.exact_spro_curve(pools, channels) if need_exact or thresholds is None else None
+  sampled = spro.spro_curve_at_thresholds(pools, channels, thresholds) if thresholds is not None else None
+  return exact, sampled
+
+
+def _per_defect_type(images: Sequence[_ScoredImage], buffers: Mapping[str, pools_lib.NegativeBuffer],
+                     good_pool: spro.ScorePool, defects: Mapping[int, layout.DefectType], thresholds,
+                     limits: Sequence[float]) -> dict:
+  """AUC-sPRO and image AUROC per defect type (§11.3), before the kind buffers are sorted.
+
+  A type's subset: the images with a channel of the type plus all good images; FPR over all channels of
+  those images, sPRO over the channels of the type only. A type without test images maps to None.
   """
-  targets = np.unique(np.concatenate([np.linspace(0, 1, per_pool // 2), np.geomspace(1e-6, 1, per_pool // 2)]))
-  candidates = [np.array([top, np.nextafter(bottom, -np.inf)])]
-  for pool in pools:
-    if pool.size:
-      ranks = np.clip(np.round((1 - targets) * (pool.size - 1)).astype(np.int64), 0, pool.size - 1)
-      if pool.cumulative is None:
-        candidates.append(pool.values[ranks].astype(np.float64))
-      else:
-        candidates.append(pool.values[np.searchsorted(pool.cumulative, ranks, side='right') - 1].astype(np.float64))
-  if events.size:
-    ranks = np.round(np.linspace(0, events.size - 1, per_pool)).astype(np.int64)
-    candidates.append(np.sort(events)[ranks].astype(np.float64))
-  return np.unique(np.concatenate(candidates))[::-1]
+  per_type = {}
+  names = [[c.defect.defect_name for c in im.channels] for im in images]
+  good_maxima = [im.max_score for im in images if im.record.kind == 'good']
+  for name, idx in spro.defect_type_subsets(names).items():
+    selected = [images[i] for i in idx if images[i].channels]
+    type_pool = spro.ScorePool.from_scores(
+        [buffers[im.record.kind].segment(im.record.image_id) for im in selected])
+    exact, sampled = _curves([good_pool, type_pool], _channels_of(selected, name), thresholds, need_exact=False)
+    chosen = sampled if sampled is not None else exact
+    kinds = sorted({im.record.kind for im in selected})
+    per_type[name] = {
+        'kind': kinds[0] if len(kinds) == 1 else kinds,
+        'pixel_values': sorted({c.defect.pixel_value for im in selected for c in im.channels
+                                if c.defect.defect_name == name}),
+        'num_images': len(selected),
+        'num_channels': chosen.num_channels,
+        'auc_spro': chosen.aucs(limits),
+        # Image AUROC of the type (official ties, §9.6): its images' map maxima against the good ones'.
+        'auc_roc': auroc_lib.auroc_official(good_maxima, [im.max_score for im in selected]),
+    }
+    del type_pool
+  for defect in defects.values():
+    per_type.setdefault(defect.defect_name, None)
+  return per_type
 
 
-def _image_aurocs(maxima: Mapping[str, Sequence[float]]) -> tuple[dict, dict, dict]:
+def _sort_anomalous(buffers: Mapping[str, pools_lib.NegativeBuffer], num_workers: int) -> dict[str, spro.ScorePool]:
+  """The anomalous kinds' pools, sorted on up to two threads."""
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(num_workers, 2))) as pool:
+    futures = {kind: pool.submit(buffers[kind].sorted_pool) for kind in ANOMALY_KINDS}
+    return {kind: f.result() for kind, f in futures.items()}
+
+
+@dataclasses.dataclass
+class _KindResults:
+  auc_spro: dict
+  exact_aucs: dict
+  bounds: dict
+  curves: dict
+  counts: dict
+
+
+def _per_kind(images: Sequence[_ScoredImage], pools: Mapping[str, spro.ScorePool], thresholds,
+              limits: Sequence[float], curve_points: int) -> _KindResults:
+  """AUC-sPRO per anomaly kind against the good images and their mean (§9.5), exact and as reported."""
+  out = _KindResults({}, {}, {}, {}, {})
+  for kind in ANOMALY_KINDS:
+    selected = [im for im in images if im.record.kind == kind]
+    exact, sampled = _curves([pools['good'], pools[kind]], _channels_of(selected), thresholds)
+    chosen = sampled if sampled is not None else exact
+    out.auc_spro[kind] = chosen.aucs(limits)
+    out.exact_aucs[kind] = exact.aucs(limits)
+    out.bounds[kind] = {
+        spro.limit_key(l): (spro.interval_error_bound(chosen, l) if sampled is not None else 0.0)
+        for l in limits} if chosen.defined else None
+    out.curves[kind] = spro.downsample(exact, curve_points)
+    out.counts[kind] = {'num_images': len(selected), 'num_channels': exact.num_channels,
+                        'num_negatives': exact.num_negatives}
+  out.counts['good'] = {'num_images': sum(im.record.kind == 'good' for im in images),
+                        'num_negatives': pools['good'].size}
+  out.auc_spro['mean'] = spro.mean_of_kinds(out.auc_spro, ('structural_anomalies', 'logical_anomalies'))
+  out.exact_aucs['mean'] = spro.mean_of_kinds(out.exact_aucs, ('structural_anomalies', 'logical_anomalies'))
+  return out
+
+
+def _per_threshold(images: Sequence[_ScoredImage], pools: Mapping[str, spro.ScorePool], thresholds) -> dict:
+  """per_threshold of the whole test set (§9.8), at `thresholds` or at a deterministic summary list."""
+  all_pools = list(pools.values())
+  all_channels = _channels_of(images)
+  if images:
+    top = max(im.max_score for im in images)
+    bottom = min(p.min() for p in all_pools if p.size) if any(p.size for p in all_pools) else top
+    bottom = min([bottom] + [float(e[0]) for e in all_channels])
+    summary = thresholds if thresholds is not None else pools_lib.summary_thresholds(
+        all_pools, np.concatenate(all_channels) if all_channels else np.zeros(0), top, bottom)
+    whole = spro.spro_curve_at_thresholds(all_pools, all_channels, summary)
+  else:
+    whole = spro.SproCurve.undefined(0, 0)
+  return {'thresholds': whole.thresholds.tolist(), 'mean_spros': whole.spro.tolist(), 'fp_rates': whole.fpr.tolist()}
+
+
+def _image_aurocs(images: Sequence[_ScoredImage]) -> tuple[dict, dict, dict]:
   """Image AUROC on the map maxima per kind and their mean (§9.6): official, standard, and where they differ."""
+  maxima = {kind: [im.max_score for im in images if im.record.kind == kind] for kind in KINDS}
   official, standard, differs = {}, {}, {}
   for kind in ANOMALY_KINDS:
     official[kind] = auroc_lib.auroc_official(maxima['good'], maxima[kind])
@@ -304,7 +257,21 @@ def _image_aurocs(maxima: Mapping[str, Sequence[float]]) -> tuple[dict, dict, di
   return official, standard, differs
 
 
-def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *, allow_missing: bool = False,
+class _Laps:
+  """Wall time per phase, reported under gcad_jax.seconds."""
+
+  def __init__(self):
+    self.started = time.perf_counter()
+    self.seconds = {}
+
+  def lap(self, name: str) -> None:
+    self.seconds[name] = round(time.perf_counter() - self.started - sum(self.seconds.values()), 3)
+
+  def total(self) -> dict:
+    return {**self.seconds, 'total': round(time.perf_counter() - self.started, 3)}
+
+
+def evaluate_category(dataset_category_dir: str | os.PathLike, maps: export.MapsArg, *, allow_missing: bool = False,
                       thresholds: Sequence[float] | None = None, limits: Sequence[float] = spro.LIMITS,
                       per_defect_type: bool = True, curve_points: int = 1000, num_workers: int | None = None,
                       thresholds_source: str | None = None) -> dict:
@@ -333,130 +300,34 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
     'auc_roc', its image AUROC against the good images), curves (about curve_points exact vertices per
     kind), counts, missing_maps, warnings, seconds per phase.
   """
-  started = time.perf_counter()
+  laps = _Laps()
   cat_dir = pathlib.Path(dataset_category_dir)
   defects = layout.read_defects_config(cat_dir / layout.DEFECTS_CONFIG)
   records = layout.list_split(cat_dir, 'test')
   layout.check_ground_truth_folders(cat_dir, records)
-  source = _map_source(maps, records)
-  available = source.ids()
-  missing = [r.image_id for r in records if r.image_id not in available]
-  if missing and not allow_missing:
-    shown = ', '.join(missing[:10]) + (f' … ({len(missing)} in all)' if len(missing) > 10 else '')
-    raise layout.LocoFormatError(
-        f'{source.description} has no map for {shown}; every test image, good ones included, needs exactly '
-        'one map (§8.1). Write the missing maps, or pass --allow_missing to leave those images out')
-  records = [r for r in records if r.image_id in available]
+  source = export.map_source(maps, records)
+  records, missing = export.split_missing(source, records, allow_missing)
   if thresholds is not None:
     thresholds = spro.check_thresholds(thresholds)
   num_workers = num_workers or min(2, os.cpu_count() or 1)
 
-  # One pass over the images: each map is read once (§11.3 checks), its negatives copied into the
-  # buffer of its kind, its channels reduced to their top-s events.
-  size_hw = None
-  if records:
-    header = layout.read_png_header(records[0].path)
-    size_hw = (header.height, header.width)
-  per_image_pixels = size_hw[0] * size_hw[1] if size_hw else 0
-  buffers = {kind: _NegativeBuffer(per_image_pixels * sum(r.kind == kind for r in records)) for kind in KINDS}
-  images: list[_ScoredImage] = []
-  notes: list[str] = []
-  for image in _ordered_map(lambda r: _score_image(r, source, cat_dir, defects), records, num_workers):
-    buffers[image.record.kind].append(image.record.image_id, image.negatives)
-    image.negatives = None  # the buffer holds them now
-    for note in image.warnings:
-      warnings.warn(note, EvaluationWarning, stacklevel=2)
-    notes.extend(image.warnings)
-    images.append(image)
-
-  def channels_of(selected: Iterable[_ScoredImage], defect_name: str | None = None) -> list[np.ndarray]:
-    return [c.events for im in selected for c in im.channels
-            if defect_name is None or c.defect.defect_name == defect_name]
-
-  seconds = {}
-
-  def lap(name):  # wall time per phase, reported under gcad_jax.seconds
-    seconds[name] = round(time.perf_counter() - started - sum(seconds.values()), 3)
-
-  lap('read')
-  good_pool = buffers['good'].sorted_pool()
-  lap('sort_good')
-
-  def curves(pools, channels, need_exact=True):
-    exact = spro.exact_spro_curve(pools, channels) if need_exact or thresholds is None else None
-    sampled = spro.spro_curve_at_thresholds(pools, channels, thresholds) if thresholds is not None else None
-    return exact, sampled
-
-  # Per defect type (§11.3): the images with a channel of the type plus all good images; FPR over all
-  # channels of those images, sPRO over the channels of the type only. Before the kind buffers are sorted.
-  per_type = {}
-  if per_defect_type:
-    names = [[c.defect.defect_name for c in im.channels] for im in images]
-    good_maxima = [im.max_score for im in images if im.record.kind == 'good']
-    for name, idx in spro.defect_type_subsets(names).items():
-      selected = [images[i] for i in idx if images[i].channels]
-      type_pool = spro.ScorePool.from_scores(
-          [buffers[im.record.kind].segment(im.record.image_id) for im in selected])
-      exact, sampled = curves([good_pool, type_pool], channels_of(selected, name), need_exact=False)
-      chosen = sampled if sampled is not None else exact
-      kinds = sorted({im.record.kind for im in selected})
-      per_type[name] = {
-          'kind': kinds[0] if len(kinds) == 1 else kinds,
-          'pixel_values': sorted({c.defect.pixel_value for im in selected for c in im.channels
-                                  if c.defect.defect_name == name}),
-          'num_images': len(selected),
-          'num_channels': chosen.num_channels,
-          'auc_spro': chosen.aucs(limits),
-          # Image AUROC of the type (official ties, §9.6): its images' map maxima against the good ones'.
-          'auc_roc': auroc_lib.auroc_official(good_maxima, [im.max_score for im in selected]),
-      }
-      del type_pool
-    for defect in defects.values():
-      per_type.setdefault(defect.defect_name, None)  # a type without test images
-
-  lap('per_defect_type')
-  pools = {'good': good_pool}
-  with concurrent.futures.ThreadPoolExecutor(max(1, min(num_workers, 2))) as pool:
-    futures = {kind: pool.submit(buffers[kind].sorted_pool) for kind in ANOMALY_KINDS}
-    pools.update({kind: f.result() for kind, f in futures.items()})
+  images, buffers = _read_images(cat_dir, records, source, defects, num_workers)
+  notes = [note for im in images for note in im.warnings]
+  for note in notes:
+    warnings.warn(note, EvaluationWarning, stacklevel=2)
+  laps.lap('read')
+  pools = {'good': buffers['good'].sorted_pool()}
+  laps.lap('sort_good')
+  per_type = _per_defect_type(images, buffers, pools['good'], defects, thresholds, limits) if per_defect_type else None
+  laps.lap('per_defect_type')
+  pools.update(_sort_anomalous(buffers, num_workers))
   del buffers
-  lap('sort_anomalous')
-
-  auc_spro, exact_aucs, bounds, curve_json, counts = {}, {}, {}, {}, {}
-  for kind in ANOMALY_KINDS:
-    selected = [im for im in images if im.record.kind == kind]
-    exact, sampled = curves([pools['good'], pools[kind]], channels_of(selected))
-    chosen = sampled if sampled is not None else exact
-    auc_spro[kind] = chosen.aucs(limits)
-    exact_aucs[kind] = exact.aucs(limits)
-    bounds[kind] = {spro.limit_key(l): (spro.interval_error_bound(chosen, l) if sampled is not None else 0.0)
-                    for l in limits} if chosen.defined else None
-    curve_json[kind] = spro.downsample(exact, curve_points)
-    counts[kind] = {'num_images': len(selected), 'num_channels': exact.num_channels,
-                    'num_negatives': exact.num_negatives}
-  counts['good'] = {'num_images': sum(im.record.kind == 'good' for im in images), 'num_negatives': pools['good'].size}
-  auc_spro['mean'] = spro.mean_of_kinds(auc_spro, ('structural_anomalies', 'logical_anomalies'))
-  exact_aucs['mean'] = spro.mean_of_kinds(exact_aucs, ('structural_anomalies', 'logical_anomalies'))
-
-  lap('curves')
-  # per_threshold: the whole test set (§9.8), at the given thresholds or at a deterministic summary list.
-  all_pools = list(pools.values())
-  all_channels = channels_of(images)
-  if images:
-    top = max(im.max_score for im in images)
-    bottom = min(p.min() for p in all_pools if p.size) if any(p.size for p in all_pools) else top
-    bottom = min([bottom] + [float(e[0]) for e in all_channels])
-    summary = thresholds if thresholds is not None else _summary_thresholds(
-        all_pools, np.concatenate(all_channels) if all_channels else np.zeros(0), top, bottom)
-    whole = spro.spro_curve_at_thresholds(all_pools, all_channels, summary)
-  else:
-    whole = spro.SproCurve.undefined(0, 0)
-  per_threshold = {'thresholds': whole.thresholds.tolist(), 'mean_spros': whole.spro.tolist(),
-                   'fp_rates': whole.fpr.tolist()}
-  lap('per_threshold')
-
-  maxima = {kind: [im.max_score for im in images if im.record.kind == kind] for kind in KINDS}
-  auc_roc, auc_roc_std, differs = _image_aurocs(maxima)
+  laps.lap('sort_anomalous')
+  by_kind = _per_kind(images, pools, thresholds, limits, curve_points)
+  laps.lap('curves')
+  per_threshold = _per_threshold(images, pools, thresholds)
+  laps.lap('per_threshold')
+  auc_roc, auc_roc_std, differs = _image_aurocs(images)
 
   extras = {
       'evaluator': 'gcad_jax.evaluate (LOCO_FORMAT.md §11)',
@@ -465,20 +336,20 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: MapsArg, *,
       'anomaly_maps': source.description,
       'mode': 'exact' if thresholds is None else 'thresholds',
       'thresholds_source': thresholds_source,
-      'auc_spro_error_bound': bounds,
-      'auc_spro_exact': exact_aucs,
+      'auc_spro_error_bound': by_kind.bounds,
+      'auc_spro_exact': by_kind.exact_aucs,
       'auc_roc_standard': auc_roc_std,
       'auc_roc_official_differs_from_standard': differs,
-      'auc_spro_per_defect_type': per_type if per_defect_type else None,
-      'curves': curve_json,
-      'counts': counts,
+      'auc_spro_per_defect_type': per_type,
+      'curves': by_kind.curves,
+      'counts': by_kind.counts,
       'missing_maps': missing,
       'warnings': notes,
-      'seconds': {**seconds, 'total': round(time.perf_counter() - started, 3)},
+      'seconds': laps.total(),
   }
   return {
       'classification': {'auc_roc': auc_roc},
-      'localization': {'auc_spro': auc_spro, 'per_threshold': per_threshold},
+      'localization': {'auc_spro': by_kind.auc_spro, 'per_threshold': per_threshold},
       EXTRAS_KEY: extras,
   }
 

@@ -1,4 +1,4 @@
-"""Anomaly maps in the official layout, written atomically, with the pre-flight check (LOCO_FORMAT.md §8).
+"""Anomaly maps in the official layout: written atomically with a pre-flight check, found and read back (LOCO_FORMAT.md §8).
 
   <root>/<category>/test/<good|logical_anomalies|structural_anomalies>/<stem>.tiff   2-D float32, original size
   <root>/.complete.json                                                            written last
@@ -6,10 +6,14 @@
 Each file is written under a hidden temporary name and renamed; the whole tree is built in a hidden
 temporary folder beside `<root>` and renamed into place, so a crash never leaves a non-hidden tree that
 looks complete. The marker is hidden, so the official script's folder scan never sees it.
+
+The reading side (`map_source`, `check_map_scores`) is what the standalone evaluator uses: it accepts any
+method's maps in this layout, or maps held in memory, and refuses what the official script would mis-read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,10 +24,12 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from gcad_jax.metrics import spro
 from tfds_loco import layout
 
 MARKER = '.complete.json'
 KINDS = layout.KINDS
+TIFF_SUFFIXES = ('.tif', '.tiff', '.TIF', '.TIFF')  # §8.3, the official TIFF_EXTS
 PLATEAU_FRACTION = 1.0 / 49.0  # §10.1: one value over ~2 % of the pooled pixels can crash the official script
 MAX_MAGNITUDE = 32.0  # §10.2: NumPy ≥ 2 loses the ±1e-6 offsets above this
 
@@ -192,3 +198,133 @@ def export_variants(workdir: str | os.PathLike, category: str, dataset_category_
                               description={'variant': variant, **dict(description or {})})
     out[variant]['root'] = str(root)
   return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading maps back: a folder in the §8 layout, or an in-memory mapping image_id -> 2-D array (§11.3 checks).
+
+MapsArg = str | os.PathLike | Mapping[str, Any]
+
+
+def find_map_files(maps_category_dir: str | os.PathLike,
+                   records: Sequence[layout.ImageRecord]) -> dict[str, pathlib.Path]:
+  """{image_id: map path} for `<maps>/<category>/test/<kind>/<stem>.tiff` (LOCO_FORMAT.md §8).
+
+  Refuses entries under test/ other than the three kind folders, two maps with one stem, and maps without a
+  test image. Files with other suffixes are ignored, as by the official script.
+  """
+  test_dir = pathlib.Path(maps_category_dir) / 'test'
+  if not test_dir.is_dir():
+    raise layout.LocoFormatError(
+        f'{test_dir} is missing; maps go to <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff '
+        '(LOCO_FORMAT.md §8)')
+  unexpected = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith('.') and p.name not in KINDS)
+  if unexpected:
+    raise layout.LocoFormatError(
+        f'{test_dir} holds unexpected entries {unexpected}; only {list(KINDS)} belong there (the official '
+        'script reads the kind from the folder name and breaks on anything else)')
+  known = {r.image_id for r in records}
+  found: dict[str, pathlib.Path] = {}
+  for kind in KINDS:
+    kind_dir = test_dir / kind
+    if not kind_dir.is_dir():
+      continue
+    for path in sorted(kind_dir.iterdir()):
+      if path.name.startswith('.') or path.suffix not in TIFF_SUFFIXES or not path.is_file():
+        continue
+      image_id = f'test/{kind}/{path.stem}'
+      if image_id in found:
+        raise layout.LocoFormatError(
+            f'{found[image_id]} and {path} are two maps for one image; keep exactly one (write .tiff)')
+      if image_id not in known:
+        raise layout.LocoFormatError(
+            f'{path} has no test image {image_id}.png in the data set; remove it or check the kind folder')
+      found[image_id] = path
+  return found
+
+
+def normalise_image_id(key: str) -> str:
+  """'test/good/000', 'good/000' or 'good/000.tiff' -> 'test/good/000'."""
+  key = str(key).replace(os.sep, '/').strip('/')
+  for suffix in TIFF_SUFFIXES + ('.png',):
+    if key.endswith(suffix):
+      key = key[:-len(suffix)]
+  return key if key.startswith('test/') else f'test/{key}'
+
+
+@dataclasses.dataclass(frozen=True)
+class MapSource:
+  """Where each map comes from: files (paths) or memory (arrays); `where` names it in errors."""
+  files: Mapping[str, pathlib.Path] | None
+  arrays: Mapping[str, Any] | None
+  description: str
+
+  def ids(self) -> set[str]:
+    return set(self.files if self.files is not None else self.arrays)
+
+  def where(self, image_id: str) -> str:
+    return str(self.files[image_id]) if self.files is not None else f'maps[{image_id!r}]'
+
+  def load(self, image_id: str) -> np.ndarray:
+    if self.files is None:
+      return np.asarray(self.arrays[image_id])
+    import tifffile  # pylint: disable=g-import-not-at-top (only file input needs it)
+    path = self.files[image_id]
+    try:
+      return tifffile.imread(path)
+    except Exception as e:  # tifffile raises many types for broken files.
+      raise layout.LocoFormatError(f'{path} cannot be read as a TIFF ({e}); rewrite the map') from e
+
+
+def map_source(maps: MapsArg, records: Sequence[layout.ImageRecord]) -> MapSource:
+  """The maps of `records`' category: a `<anomaly_maps_dir>/<category>` folder, or {image_id: array}."""
+  if isinstance(maps, (str, os.PathLike)):
+    return MapSource(find_map_files(maps, records), None, str(maps))
+  known = {r.image_id for r in records}
+  arrays = {}
+  for key, value in maps.items():
+    image_id = normalise_image_id(key)
+    if image_id in arrays:
+      raise layout.LocoFormatError(f'maps holds two entries for {image_id}; keep exactly one')
+    if image_id not in known:
+      raise layout.LocoFormatError(f'maps[{key!r}] has no test image {image_id}.png in the data set')
+    arrays[image_id] = value
+  return MapSource(None, arrays, '<in-memory maps>')
+
+
+def split_missing(source: MapSource, records: Sequence[layout.ImageRecord], allow_missing: bool
+                  ) -> tuple[list[layout.ImageRecord], list[str]]:
+  """(the records with a map, the image ids without one); refuses missing maps unless allowed (§8.1)."""
+  available = source.ids()
+  missing = [r.image_id for r in records if r.image_id not in available]
+  if missing and not allow_missing:
+    shown = ', '.join(missing[:10]) + (f' … ({len(missing)} in all)' if len(missing) > 10 else '')
+    raise layout.LocoFormatError(
+        f'{source.description} has no map for {shown}; every test image, good ones included, needs exactly '
+        'one map (§8.1). Write the missing maps, or pass --allow_missing to leave those images out')
+  return [r for r in records if r.image_id in available], missing
+
+
+def check_map_scores(arr: np.ndarray, where: str, record: layout.ImageRecord,
+                     size_hw: tuple[int, int]) -> np.ndarray:
+  """A 2-D real map of the image's size, finite; returned as float32 or float64 scores (§8, §11.3).
+
+  Unlike `check_map` (what we write: float32 only), any real dtype is read, as by the official script.
+  """
+  if arr.ndim != 2:
+    raise layout.LocoFormatError(
+        f'{where} has shape {arr.shape}; a map is a 2-D (H, W) array, not (H, W, 1) or (1, H, W) (§8.4)')
+  if arr.dtype.kind not in 'biuf':
+    raise layout.LocoFormatError(f'{where} has dtype {arr.dtype}; a map holds real scores (write float32)')
+  if arr.shape != size_hw:
+    raise layout.LocoFormatError(
+        f'{where} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image {record.path} is '
+        f'{size_hw[1]}x{size_hw[0]}; write maps at the original image size (§3, §8.4)')
+  scores = arr.astype(spro.score_dtype(arr.dtype), copy=False)
+  if scores.dtype.kind == 'f':
+    lo, hi = scores.min(), scores.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+      nan, inf = int(np.isnan(scores).sum()), int(np.isinf(scores).sum())
+      raise layout.LocoFormatError(
+          f'{where} holds {nan} NaN and {inf} infinite values; maps must be finite (§8.7)')
+  return scores

@@ -19,12 +19,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from gcad_jax import atomic_io, evaluate
+from gcad_jax import atomic_io, evaluate, scoring
 from tfds_loco import layout
 
 KINDS = layout.ANOMALY_KINDS[::-1]  # structural first, as the paper's tables
 SHORT = {'structural_anomalies': 'structural', 'logical_anomalies': 'logical', 'mean': 'mean'}
-VARIANTS = ('local', 'global', 'combined')
 LIMIT = '0.05'
 REPORT_FILE = 'report.md'
 # GCAD.md §10.1 [P]: Table 3 (AUC-sPRO@0.05 per category), Tables 5 and 6 (means over the categories).
@@ -67,7 +66,7 @@ def variant_headlines(metrics: Mapping) -> dict[str, dict]:
   """{'local', 'global', 'combined'} → headline(), for the variants present."""
   out = {name: headline(m) for name, m in metrics.get('variants', {}).items()}
   out['combined'] = headline(metrics)
-  return {v: out[v] for v in VARIANTS if v in out}
+  return {v: out[v] for v in scoring.VARIANTS if v in out}
 
 
 def defect_type_figures(per_type: Mapping | None) -> dict[str, dict]:
@@ -82,7 +81,7 @@ def per_defect_type_rows(metrics: Mapping) -> dict[str, dict]:
   per-type figures; {} when the combined maps have none. Rows sorted by kind, then name."""
   tables = {'combined': metrics.get(evaluate.EXTRAS_KEY, {}).get('auc_spro_per_defect_type')}
   tables.update({name: m.get('per_defect_type') for name, m in metrics.get('variants', {}).items()})
-  figures = {v: defect_type_figures(tables[v]) for v in VARIANTS if tables.get(v)}
+  figures = {v: defect_type_figures(tables[v]) for v in scoring.VARIANTS if tables.get(v)}
   if not figures.get('combined'):
     return {}
   rows = {}
@@ -117,7 +116,7 @@ def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str
     lines.append(f'\nPaper GCAD AUC-sPRO@0.05 on {category} (Table 3): {PAPER_TABLE3[category]:.3f}.')
   types = per_defect_type_rows(metrics)
   if types:
-    variants = [v for v in VARIANTS if v in next(iter(types.values()))]
+    variants = [v for v in scoring.VARIANTS if v in next(iter(types.values()))]
     lines += ['', 'Per defect type, each type\'s images against all good images (which branch finds what):', '',
               '| defect type | kind | ' + ' | '.join(f'AUROC {v}' for v in variants) + ' | '
               + ' | '.join(f'sPRO@0.05 {v}' for v in variants) + ' |',
@@ -311,7 +310,7 @@ def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
     means = [_mean_std(pc)[0] for pc in per_cat]
     return (float(np.mean(means)), None) if all(m is not None for m in means) else (None, None)
 
-  variants = [v for v in VARIANTS if any(v in r for rs in runs.values() for r in rs)]
+  variants = [v for v in scoring.VARIANTS if any(v in r for rs in runs.values() for r in rs)]
   out += ['Table 3: AUC-sPRO@0.05 per category (mean of structural and logical).', '',
           '| maps | ' + ' | '.join(categories) + ' | Mean |', '|---|' + '---:|' * (len(categories) + 1)]
   for v in variants:

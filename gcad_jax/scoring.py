@@ -24,7 +24,9 @@ from gcad_jax import input_pipeline, parallel
 from gcad_jax.models import gcad
 
 BRANCHES = ('loc', 'glo')
-VARIANTS = ('combined', 'local', 'global')  # A (§8 step 2), and each normalised branch alone
+# The maps scored, exported and reported, in the reports' order: each normalised branch alone, then their sum A
+# (§8 step 2; the paper's local-only / global-only / combined rows).
+VARIANTS = ('local', 'global', 'combined')
 NORM_FILE = 'score_norm.json'
 
 

@@ -32,6 +32,13 @@ TRAINED_CATEGORY = 'synthetic_grid'
 TRAINED_COUNTS = {'train': 8, 'validation': 4, 'good': 2, 'logical': 2, 'structural': 2}
 
 
+def pytest_collection_modifyitems(items):
+  """Tests that use the `trained` workdir below are `slow`: it trains and evaluates once per session."""
+  for item in items:
+    if 'trained' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope='session')
 def trained(tmp_path_factory):
   """A tiny GCAD trained one epoch and evaluated on all 8 fake devices (W/anomaly_maps, score_norm.json).

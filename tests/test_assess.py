@@ -4,12 +4,13 @@ import importlib.util
 import json
 import pathlib
 
+import flax
 import jax
 import numpy as np
 import pytest
 import tifffile
 
-from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, scoring
+from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, report, scoring
 from tfds_loco import layout
 import test_scoring
 
@@ -79,6 +80,34 @@ def test_validation_maps_normalise_to_mean_0_std_1(assessed):
     assert abs(float(v[name].mean())) < 1e-3 and abs(float(v[name].std()) - 1) < 1e-3
 
 
+def test_exported_maps_are_normalised_with_the_validation_statistics(assessed):
+  """§8 step 2: score_norm.json holds μ, σ of the validation maps (computed here in NumPy), and the exported
+  maps of the other test images are (A_loc − μ_loc) / σ_loc + (A_glo − μ_glo) / σ_glo with them, upsampled."""
+  config, models, mesh, workdir, _, _, test, _ = assessed
+  nets, state = models[17]
+  axis = None if config.score.norm == 'scalar' else 0
+  val = dict(zip(('loc', 'glo'), scoring.branch_maps(config, nets, state, test.images[:6], mesh)))
+  saved = scoring.load_norm_stats(workdir)[17]
+  mean, std = {}, {}
+  for name, a in val.items():
+    a = a.astype(np.float64)
+    mean[name] = a.sum(axis=axis) / (a.size if axis is None else len(a))
+    std[name] = np.sqrt(np.square(a - mean[name]).sum(axis=axis) / (a.size if axis is None else len(a)))
+    np.testing.assert_allclose(saved[name]['mean'], mean[name], rtol=1e-6)
+    np.testing.assert_allclose(saved[name]['std'], std[name], rtol=1e-6)
+  rest = slice(6, len(test.image_ids))
+  assert not set(test.image_ids[rest]) & set(test.image_ids[:6])
+  a_loc, a_glo = scoring.branch_maps(config, nets, state, test.images[rest], mesh)
+  local = (a_loc - mean['loc']) / std['loc']
+  glob = (a_glo - mean['glo']) / std['glo']
+  for k, image_id in enumerate(test.image_ids[rest]):
+    for folder, expected in (('anomaly_maps', local + glob), ('anomaly_maps_local', local),
+                             ('anomaly_maps_global', glob)):
+      tiff = tifffile.imread(workdir / folder / gen.CATEGORY / f'{image_id}.tiff')
+      full = scoring.upsample(expected[k].astype(np.float32), test.original_sizes[6 + k])
+      np.testing.assert_allclose(tiff, full, rtol=1e-4, atol=1e-4, err_msg=f'{folder}/{image_id}')
+
+
 def test_predict_api_gives_the_exported_maps_for_any_batch_size(assessed):
   config, models, mesh, workdir, _, _, test, originals = assessed
   model = predict.Model(config, models, scoring.load_norm_stats(workdir), mesh)
@@ -89,3 +118,28 @@ def test_predict_api_gives_the_exported_maps_for_any_batch_size(assessed):
     assert s == float(m.max())
   with pytest.raises(ValueError, match='uint8'):
     model.score([np.zeros((8, 8), np.float32)])
+
+
+@flax.struct.dataclass
+class _SteppedWeights:
+  """Weights with a training step, as a `train.TrainState` has."""
+  params: dict
+  e_loc_params: dict
+  eloc_stats: dict
+  step: np.ndarray
+
+
+def test_report_shows_each_scales_step(assessed, tmp_path):
+  """Two scales trained to different steps: report.md and metrics.json give each scale's, not the last one's."""
+  config, models, mesh, _, _, _, test, _ = assessed
+  nets, _ = models[17]
+  _, _, w = test_scoring.tiny_model()
+  two = {p: (nets, parallel.replicate(_SteppedWeights(w.params, w.e_loc_params, w.eloc_stats, np.int32(s)),
+                                      config.parallel, mesh)) for p, s in ((17, 120), (33, 240))}
+  assert assess.scale_steps(config, two, step=240) == {17: 120, 33: 240}
+  val = input_pipeline.SplitData(test.images[:6], test.image_ids[:6], test.labels[:6], test.original_sizes[:6])
+  with pytest.warns(evaluate.EvaluationWarning):
+    out = assess.run(config, tmp_path, two, mesh, step=240, val_data=val, test_data=test)
+  assert 'Checkpoint steps p17 120, p33 240; scales [17, 33]' in (tmp_path / report.REPORT_FILE).read_text()
+  assert out['metrics']['gcad_jax']['steps'] == {'17': 120, '33': 240} and out['metrics']['gcad_jax']['step'] == 240
+  assert export.read_marker(tmp_path / 'anomaly_maps')['steps'] == {'17': 120, '33': 240}

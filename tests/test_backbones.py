@@ -91,6 +91,7 @@ def efficientnet_variables():
   return efficientnet_lite.load_variables()
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_reproduces_pytorch(efficientnet_variables):
   """Logits on real photos within 1e-4 of PyTorch's; coffee.png is an espresso (class 967)."""
   ref = np.load(FIXTURES / 'efficientnet_lite0_logits.npz')

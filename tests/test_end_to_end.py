@@ -18,6 +18,9 @@ from tfds_loco import build as tfds_build
 from tfds_loco import layout
 from tfds_loco import synthetic
 import train_worker
+import workdir_checks
+
+pytestmark = pytest.mark.slow  # trains and evaluates end to end (minutes)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CATEGORY = 'synthetic_grid'
@@ -61,7 +64,7 @@ def test_main_trains_and_evaluates_on_the_synthetic_data(dataset, tmp_path):
   command = [
       sys.executable, '-m', 'gcad_jax.main', f'--config={ROOT / "configs" / "tiny.py"}', f'--workdir={workdir}',
       f'--config.dataset.category={CATEGORY}', f'--config.dataset.manual_dir={root / "synthetic"}',
-      f'--config.dataset.data_dir={root / "tfds"}', '--config.train.epochs=2',
+      f'--config.dataset.data_dir={root / "tfds"}', '--config.train.epochs=2', '--config.export.branch_maps=True',
   ]
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
   result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -75,3 +78,6 @@ def test_main_trains_and_evaluates_on_the_synthetic_data(dataset, tmp_path):
   cat_dir = layout.category_dir(root / 'synthetic', CATEGORY)
   maps = sorted((workdir / 'anomaly_maps' / CATEGORY / 'test').glob('*/*.tiff'))
   assert len(maps) == len(layout.list_split(cat_dir, 'test'))
+  # The figures are the evaluator's on the written maps; maps finite, not constant; per-type tables consistent.
+  workdir_checks.check_workdir(workdir, cat_dir)
+  assert set(json.loads((workdir / 'metrics.json').read_text())['variants']) == {'local', 'global'}

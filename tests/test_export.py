@@ -130,3 +130,43 @@ def test_plateau_and_magnitude_warn(dataset, tmp_path):
   assert marker['largest_value_fraction'] >= 1 / 49
   with pytest.warns(export.ExportWarning, match='NumPy 1.x'):
     export.write_maps(tmp_path / 'b', CAT, cat_dir, {k: v * 100 for k, v in maps.items()})
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading maps back (the evaluator's side of the layout, §8, §11.3).
+
+
+def test_written_maps_are_found_and_read_back_unchanged(dataset, tmp_path):
+  cat_dir, maps = dataset
+  root = tmp_path / 'anomaly_maps'
+  export.write_maps(root, CAT, cat_dir, maps)
+  records = layout.list_split(cat_dir, 'test')
+  source = export.map_source(root / CAT, records)
+  assert source.ids() == set(maps) == {r.image_id for r in records}
+  for record in records:
+    assert source.where(record.image_id) == str(root / CAT / f'{record.image_id}.tiff')
+    read = export.check_map_scores(source.load(record.image_id), 'x', record, (gen.HEIGHT, gen.WIDTH))
+    np.testing.assert_array_equal(read, maps[record.image_id])
+
+
+def test_in_memory_keys_are_normalised_and_missing_maps_listed(dataset):
+  cat_dir, maps = dataset
+  records = layout.list_split(cat_dir, 'test')
+  assert export.normalise_image_id('good/000.tiff') == export.normalise_image_id('test/good/000') == 'test/good/000'
+  partial = {k.removeprefix('test/'): v for k, v in maps.items() if k != 'test/good/001'}
+  source = export.map_source(partial, records)
+  with pytest.raises(layout.LocoFormatError, match='no map for test/good/001;'):
+    export.split_missing(source, records, allow_missing=False)
+  kept, missing = export.split_missing(source, records, allow_missing=True)
+  assert missing == ['test/good/001'] and len(kept) == len(records) - 1
+  with pytest.raises(layout.LocoFormatError, match='two entries for test/good/000'):
+    export.map_source({'good/000': maps['test/good/000'], 'test/good/000': maps['test/good/000']}, records)
+
+
+def test_reading_accepts_integer_maps_as_float32_scores(dataset):
+  cat_dir, _ = dataset
+  record = layout.list_split(cat_dir, 'test')[0]
+  scores = export.check_map_scores(np.full((gen.HEIGHT, gen.WIDTH), 7, np.uint8), 'x', record, (gen.HEIGHT, gen.WIDTH))
+  assert scores.dtype == np.float32 and scores.max() == 7
+  with pytest.raises(layout.LocoFormatError, match='dtype complex64'):
+    export.check_map_scores(np.zeros((gen.HEIGHT, gen.WIDTH), np.complex64), 'x', record, (gen.HEIGHT, gen.WIDTH))

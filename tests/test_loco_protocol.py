@@ -15,6 +15,9 @@ import pytest
 from gcad_jax import evaluate, loco_protocol, report
 from tfds_loco import layout
 from tfds_loco import synthetic
+import workdir_checks
+
+pytestmark = pytest.mark.slow  # trains and evaluates end to end (minutes)
 
 CATEGORIES = ('synthetic_grid', 'synthetic_tray')
 SEEDS = (0, 1)
@@ -49,6 +52,7 @@ def test_every_seed_and_category_is_trained_evaluated_and_exported(protocol):
       test_images = layout.list_split(layout.category_dir(root / 'data', category), 'test')
       maps = sorted((w / 'anomaly_maps' / category / 'test').glob('*/*.tiff'))
       assert len(maps) == len(test_images) == 9
+      workdir_checks.check_workdir(w, layout.category_dir(root / 'data', category))
 
 
 def test_report_has_mean_and_std_over_seeds_per_category_rows_and_the_paper(protocol):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from gcad_jax.metrics import auroc
+from gcad_jax.metrics import pools
 from gcad_jax.metrics import spro
 from tfds_loco import layout
 
@@ -279,3 +280,32 @@ def test_auroc_random_ties_against_references():
     assert auroc.auroc_standard(good, anomalous) == pytest.approx(np.mean(pairs), abs=1e-15)
   with pytest.raises(ValueError, match='unknown AUROC mode'):
     auroc.auroc([0.1], [0.2], mode='sklearn')
+
+
+# ------------------------------------------------------------------------------------------------
+# Building the pools (metrics/pools.py).
+
+
+def test_negative_buffer_grows_promotes_and_keeps_segments():
+  buf = pools.NegativeBuffer(capacity=3)
+  buf.append('a', np.array([3.0, 1.0], np.float32))
+  buf.append('b', np.array([2.0, 5.0, 4.0], np.float32))  # beyond the capacity: grows
+  buf.append('c', np.array([0.5], np.float64))  # a wider dtype: promotes
+  assert buf.buf.dtype == np.float64
+  np.testing.assert_array_equal(buf.segment('b'), [2.0, 5.0, 4.0])
+  np.testing.assert_array_equal(buf.segment('a'), [3.0, 1.0])
+  pool = buf.sorted_pool()
+  assert pool.size == 6 and pool.min() == 0.5 and pool.max() == 5.0
+  assert int(pool.count_le(2.0)) == 3
+  assert pools.NegativeBuffer(0).sorted_pool().size == 0
+
+
+def test_summary_thresholds_descend_from_the_top_to_below_the_bottom():
+  rng = np.random.default_rng(0)
+  pool = spro.ScorePool.from_scores(rng.normal(size=1000).astype(np.float32))
+  events = rng.normal(2.0, size=50)
+  top, bottom = max(pool.max(), events.max()), min(pool.min(), events.min())
+  t = pools.summary_thresholds([pool], events, top, bottom, per_pool=40)
+  assert np.all(np.diff(t) < 0) and t[0] == top and t[-1] < bottom
+  assert int(pool.count_le(t[-1])) == 0 and int(pool.count_le(t[0])) == pool.size  # FPR 1 to FPR 0
+  assert np.isin(np.float64(np.sort(events)[-1]), t)

@@ -429,6 +429,7 @@ def test_losses_on_a_hand_checkable_case(tiny):
     models.per_image_losses(nets, params, f, x, skip_weights(0.0), with_glo=True, reduction='bogus')
 
 
+@pytest.mark.slow
 def test_gradient_flow(tiny):
   nets, trainable, e_loc, x = tiny
   stats = {'mean': jnp.zeros(16), 'std': jnp.ones(16)}
@@ -473,22 +474,35 @@ def test_gradient_flow(tiny):
 # §8 step 1: branch maps.
 
 def test_anomaly_maps(tiny):
+  """§8 step 1 on a hand-checkable case: nets with constant outputs leave a known residual at every pixel.
+
+  E_loc outputs b_t (standardised: (b_t − 0.1) / 2), R_loc b_r, E_glo b_g, R_glo b_rg; so A_loc is the norm of
+  (b_t − 0.1) / 2 − b_r and A_glo that of b_g − b_rg, everywhere.
+  """
   nets, trainable, e_loc, x = tiny
   stats = {'mean': jnp.full(16, 0.1), 'std': jnp.full(16, 2.0)}
+  b_t, b_r = np.linspace(0.5, 2.0, 16), np.linspace(-1.0, 1.0, 16)  # b_t > 0: a final leaky ReLU keeps it
+  b_g, b_rg = np.array([1.0, 2.0, 3.0]), np.array([1.5, 2.0, 1.0])
+  params = {**trainable, 'r_loc': _constant_output(trainable['r_loc'], 'last', b_r),
+            'e_glo': _constant_output(trainable['e_glo'], 'out', b_g),
+            'r_glo': _constant_output(trainable['r_glo'], 'last', b_rg)}
+  e_loc_constant = _constant_output(e_loc, 'conv3', b_t)
 
   @jax.jit
-  def run(trainable, e_loc):
-    maps = models.anomaly_maps(nets, trainable, e_loc, stats, x)
-    squared = models.anomaly_maps(nets, trainable, e_loc, stats, x, squared=True)
-    f = models.eloc_features(nets, e_loc, stats, x)
-    r_loc = nets.r_loc.apply({'params': trainable['r_loc']}, x)
-    z = nets.e_glo.apply({'params': trainable['e_glo']}, x, jnp.zeros(5))
-    r_glo = nets.r_glo.apply({'params': trainable['r_glo']}, x)
-    return maps, squared, (f - r_loc, z - r_glo)
+  def run(params, e_loc):
+    return (models.anomaly_maps(nets, params, e_loc, stats, x),
+            models.anomaly_maps(nets, params, e_loc, stats, x, squared=True))
 
-  (a_loc, a_glo), (sq_loc, sq_glo), (d_loc, d_glo) = run(trainable, e_loc)
+  (a_loc, a_glo), (sq_loc, sq_glo) = run(params, e_loc_constant)
   assert a_loc.shape == a_glo.shape == (2, 64, 64)
-  np.testing.assert_allclose(a_loc, np.linalg.norm(d_loc, axis=-1), rtol=1e-5)
-  np.testing.assert_allclose(a_glo, np.linalg.norm(d_glo, axis=-1), rtol=1e-5)
+  expected_loc = np.sqrt(np.sum(((b_t - 0.1) / 2.0 - b_r) ** 2))
+  expected_glo = np.sqrt(np.sum((b_g - b_rg) ** 2))  # sqrt(0.25 + 0 + 4)
+  np.testing.assert_allclose(a_loc, expected_loc, rtol=1e-5)
+  np.testing.assert_allclose(a_glo, expected_glo, rtol=1e-5)
+  np.testing.assert_allclose(sq_loc, expected_loc ** 2, rtol=1e-5)
+  np.testing.assert_allclose(sq_glo, 4.25, rtol=1e-5)
+  # Random weights: non-negative norms whose squares are the squared maps.
+  (a_loc, a_glo), (sq_loc, sq_glo) = run(trainable, e_loc)
+  assert np.all(np.asarray(a_loc) >= 0) and np.all(np.asarray(a_glo) >= 0) and float(np.ptp(a_loc)) > 0
   np.testing.assert_allclose(sq_loc, np.square(a_loc), rtol=1e-5)
   np.testing.assert_allclose(sq_glo, np.square(a_glo), rtol=1e-5)

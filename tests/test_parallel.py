@@ -73,6 +73,7 @@ def _communicate_all(procs, timeout: float) -> list[str]:
   return outputs
 
 
+@pytest.mark.slow
 def test_two_processes_form_one_mesh_and_train_like_one_process(tmp_path, monkeypatch):
   """2 processes × 2 fake CPU devices (gloo) = one 4-device mesh: psum is right, and 4 steps of training
   give the parameters of one process with 4 devices (to 1e-6: only the all-reduce order differs).

@@ -89,6 +89,7 @@ def _copy(reference: Reference, tmp_path) -> pathlib.Path:
 # 1. Crash-safe training.
 
 
+@pytest.mark.slow
 def test_kill_in_a_checkpoint_write_and_in_evaluation_then_rerun_gives_the_uninterrupted_run(reference, tmp_path):
   """Real `gcad_jax.main` processes on 8 CPU devices. SIGKILL once after every file of the step-4 checkpoint
   is written but before Orbax renames its folder, once while validation_losses.json is being written; the
@@ -119,6 +120,7 @@ def test_kill_in_a_checkpoint_write_and_in_evaluation_then_rerun_gives_the_unint
   assert json.loads((workdir / 'p17' / 'validation_losses.json').read_text()) == reference.losses
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes(reference, tmp_path, monkeypatch, capsys):
   workdir = tmp_path / 'run'
   log = train._log
@@ -141,6 +143,7 @@ def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes(referenc
   _assert_trees_equal(parallel.unreplicate(states[17], 'shard_map'), reference.state)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_is_reported_and_the_previous_one_used(reference, tmp_path, caplog):
   workdir = _copy(reference, tmp_path)
   ckpt_dir = workdir / 'p17' / 'checkpoints'
@@ -199,6 +202,7 @@ def _record_checkpoint_managers(monkeypatch) -> tuple[list, list]:
   return opened, closed
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_naming_step_and_term_and_keeps_the_last_good_checkpoint(reference, tmp_path,
                                                                                           monkeypatch):
   """R_glo's parameters turn NaN before step 5 (checkpoints every 2 steps): the real step then gives

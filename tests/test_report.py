@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from gcad_jax import evaluate, export, report
+from gcad_jax import evaluate, export, report, scoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
@@ -52,8 +52,8 @@ def test_metrics_json_has_official_keys_variants_and_ours(evaluated, tmp_path):
   for line in table_rows:
     cells = [c.strip() for c in line.strip('|').split('|')]
     name = cells[0]
-    expected = [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_roc'] for v in report.VARIANTS]
-    expected += [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_spro']['0.05'] for v in report.VARIANTS]
+    expected = [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_roc'] for v in scoring.VARIANTS]
+    expected += [metrics[v]['gcad_jax']['auc_spro_per_defect_type'][name]['auc_spro']['0.05'] for v in scoring.VARIANTS]
     assert cells[2:] == [f'{value:.3f}' for value in expected]
     assert cells[2] == '1.000' and cells[5] == '1.000'  # local = perfect maps: AUROC and sPRO 1 for every type
   assert '0.701' in text  # the paper's figure beside ours

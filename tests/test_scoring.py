@@ -68,6 +68,27 @@ def test_normalised_validation_maps_have_mean_0_and_std_1_per_branch(mode):
   np.testing.assert_allclose(variants['combined'], variants['local'] + variants['global'], atol=1e-6)
 
 
+def test_other_maps_are_normalised_with_the_validation_statistics():
+  """§8 step 2 on hand-computed numbers: μ, σ come from the validation maps and apply unchanged to other maps."""
+  # Validation pixels: loc half 1, half 3 (μ 2, σ 1); glo half 10, half 30 (μ 20, σ 10).
+  val_loc = np.stack([np.full((2, 2), 1.0), np.full((2, 2), 3.0)])
+  val_glo = np.stack([np.full((2, 2), 10.0), np.full((2, 2), 30.0)])
+  stats = scoring.norm_stats(val_loc, val_glo, 'scalar')
+  assert (stats['loc']['mean'], stats['loc']['std'], stats['glo']['mean'], stats['glo']['std']) == (2, 1, 20, 10)
+  v = scoring.scale_variants(np.full((1, 2, 2), 5.0), np.array([[[0.0, 20.0], [40.0, 25.0]]]), stats)
+  np.testing.assert_array_equal(v['local'], np.full((1, 2, 2), 3.0))  # (5 - 2) / 1
+  np.testing.assert_array_equal(v['global'], [[[-2.0, 0.0], [2.0, 0.5]]])  # (A - 20) / 10
+  np.testing.assert_array_equal(v['combined'], [[[1.0, 3.0], [5.0, 3.5]]])
+  # per_pixel: each pixel's own μ, σ over the validation images.
+  val = np.array([[[1.0, 0.0], [-1.0, 0.0]], [[3.0, 4.0], [1.0, 2.0]]])  # μ [[2, 2], [0, 1]], σ [[1, 2], [1, 1]]
+  stats = scoring.norm_stats(val, 2 * val, 'per_pixel')
+  np.testing.assert_array_equal(stats['loc']['mean'], [[2, 2], [0, 1]])
+  np.testing.assert_array_equal(stats['loc']['std'], [[1, 2], [1, 1]])
+  v = scoring.scale_variants(np.ones((1, 2, 2)), np.ones((1, 2, 2)), stats)
+  np.testing.assert_array_equal(v['local'], [[[-1.0, -0.5], [1.0, 0.0]]])
+  np.testing.assert_array_equal(v['global'], [[[-1.5, -0.75], [0.5, -0.5]]])  # (1 - 2μ) / 2σ
+
+
 def test_scales_fuse_by_mean_and_upsampled_maps_have_the_original_size():
   a = {'combined': np.full((2, 4, 4), 1.0, np.float32), 'local': np.zeros((2, 4, 4), np.float32),
        'global': np.ones((2, 4, 4), np.float32)}

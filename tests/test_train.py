@@ -104,6 +104,7 @@ def test_lglo_eglo_grad_ramp():
     configlib.validate(config)
 
 
+@pytest.mark.slow
 def test_cosine_schedule_scales_the_adam_step_by_its_factor():
   """optim.schedule='cosine' [I]: factor 1 → 0.5 → 0 over the run; at mid-run a step moves half as far."""
   config, nets, state, images = _setup()
@@ -136,6 +137,7 @@ def test_eloc_statistics_standardise_the_training_features():
   np.testing.assert_allclose(f.std(axis=(0, 1, 2)), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
   config, _, state, _ = _setup()
   state = train.start_rglo(config, state)
@@ -162,6 +164,7 @@ def test_rglo_and_its_optimiser_state_untouched_before_the_switch_then_updated()
                                             jax.tree.leaves(state.params['r_glo'])))
 
 
+@pytest.mark.slow
 def test_same_steps_on_1_and_8_devices_and_with_pmap_give_the_same_parameters():
   """Augmentation on (keys per global example), two stage-2 steps: 1 device, 8 devices (shard_map), 8
   devices (pmap). Only the order of the batch reductions differs: parameters agree to 1e-6 (absolute),
@@ -176,6 +179,7 @@ def test_same_steps_on_1_and_8_devices_and_with_pmap_give_the_same_parameters():
   _assert_trees_close(one.opt_state_rglo, pmapped.opt_state_rglo, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_cached_eloc_features_train_like_the_live_teacher():
   """`train.cache_eloc` (augmentation off): two stage-2 steps on 8 devices fed cached features give the
   parameters of the same steps with E_loc run inside the step (up to XLA's batching of the teacher)."""
@@ -264,6 +268,7 @@ def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float) -> Non
     time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_kill_after_a_checkpoint_and_restart_gives_the_uninterrupted_run(tmp_path, monkeypatch):
   """A real `gcad_jax.main` subprocess, SIGKILLed after its step-4 checkpoint (after the stage switch at
   step 2), then restarted with the same command, ends bitwise equal to an uninterrupted run (CPU, 8 devices)."""
