@@ -1,14 +1,15 @@
 """Re-scores trained GCAD workdirs under each scoring choice of GCAD.md §8, without retraining.
 
   python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--per_scale]
-                                      [--per_defect_type] [--json out.json]
+                                      [--fusions sum,max] [--per_defect_type] [--json out.json]
 
 The §8 choices left to us ([I], config fields) are the normalisation (`score.norm`: scalar μ, σ over all
 validation pixels, or per pixel) and whether the residual norm is squared (`score.squared`). Each workdir's
 networks run once on its validation and test images (the latest checkpoint of every scale, W/config.json);
 every (norm, squared) pair is then computed from those branch maps and evaluated with the exact evaluator
 (`gcad_jax.evaluate`), for the combined map and each branch alone; a choice is labelled 'NORM,norm' (the
-residual's L2 norm) or 'NORM,squared'. With --per_scale, each scale p is also scored alone under every
+residual's L2 norm) or 'NORM,squared'. With --fusions sum,max the combined map is also formed as the
+pixelwise maximum of the two normalised branch maps (`score.fusion`), labelled 'NORM,norm,max'. With --per_scale, each scale p is also scored alone under every
 choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). With
 --per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (LOCO_FORMAT.md §11.3: the
 type's images against all good images): which defects each branch finds. Prints mean image AUROC and
@@ -31,14 +32,15 @@ from quality_summary import _fmt  # benchmarks/ is on the path when this script 
 KINDS = ('structural', 'logical', 'mean')
 
 
-def variant_maps(a_loc: dict, a_glo: dict, val: dict, norm: str, squared: bool) -> dict[str, np.ndarray]:
+def variant_maps(a_loc: dict, a_glo: dict, val: dict, norm: str, squared: bool,
+                 fusion: str = 'sum') -> dict[str, np.ndarray]:
   """{'combined', 'local', 'global'} test maps from the raw branch maps {p: (N, h, w)} (§8 steps 1–3)."""
   from gcad_jax import scoring  # pylint: disable=g-import-not-at-top
   power = 2 if squared else 1
   per_scale = []
   for p in a_loc:
     stats = scoring.norm_stats(val['loc'][p] ** power, val['glo'][p] ** power, mode=norm)
-    per_scale.append(scoring.scale_variants(a_loc[p] ** power, a_glo[p] ** power, stats))
+    per_scale.append(scoring.scale_variants(a_loc[p] ** power, a_glo[p] ** power, stats, fusion))
   return scoring.fuse_scales(per_scale)
 
 
@@ -65,7 +67,8 @@ def headline(metrics: dict) -> dict[str, float]:
   return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
 
 
-def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False) -> dict:
+def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False,
+                  fusions=('sum',)) -> dict:
   from gcad_jax import evaluate, report, scoring  # pylint: disable=g-import-not-at-top
   from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
@@ -77,11 +80,11 @@ def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = Fals
   if per_scale:
     scale_sets += [((p,), f',p{p}') for p in test['loc']]
   out = {}
-  for norm, squared in itertools.product(norms, squareds):
+  for norm, squared, fusion in itertools.product(norms, squareds, fusions):
     for scales, suffix in scale_sets:
       maps = variant_maps({p: test['loc'][p] for p in scales}, {p: test['glo'][p] for p in scales}, val, norm,
-                          squared)
-      name = f'{norm},{"squared" if squared else "norm"}{suffix}'
+                          squared, fusion)
+      name = f'{norm},{"squared" if squared else "norm"}{"" if fusion == "sum" else "," + fusion}{suffix}'
       out[name] = {}
       for variant in scoring.VARIANTS:
         full = scoring.FullResMaps(test_data.image_ids, maps[variant], test_data.original_sizes)
@@ -113,6 +116,7 @@ def main(argv=None) -> int:
                       help="also score each scale alone (choices named 'NORM,norm,p17', ...)")
   parser.add_argument('--per_defect_type', action='store_true',
                       help='also image AUROC and AUC-sPRO@0.05 per defect type, for every map')
+  parser.add_argument('--fusions', default='sum', help="score.fusion values, comma-separated: sum and/or max")
   parser.add_argument('--json', default='', help='also write the figures to this file')
   args = parser.parse_args(argv)
   from gcad_jax import xla_cpu  # pylint: disable=g-import-not-at-top
@@ -123,13 +127,16 @@ def main(argv=None) -> int:
   if bad or not norms:
     parser.error(f'--squared takes no and/or yes (got {bad}); --norms at least one value')
   squareds = [flags[s] for s in args.squared.split(',')]
+  fusions = [f for f in args.fusions.split(',') if f]
+  if not fusions or set(fusions) - {'sum', 'max'}:
+    parser.error(f'--fusions takes sum and/or max (got {args.fusions!r})')
   table = {}
   for workdir in args.workdirs:
     path = pathlib.Path(workdir)
     if not (path / 'config.json').is_file():
       print(f'{workdir}: no config.json, skipped (not a gcad_jax workdir)', file=sys.stderr)
       continue
-    table[workdir] = score_workdir(path, norms, squareds, args.per_scale, args.per_defect_type)
+    table[workdir] = score_workdir(path, norms, squareds, args.per_scale, args.per_defect_type, fusions)
     print(f'{"workdir":34s} {"norm,residual[,scale]":22s} {"maps":8s}  AUROC str  log   mean | '
           'sPRO@0.05 str  log   mean')
     for name, rows in table[workdir].items():

@@ -123,6 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   config.score = ml_collections.ConfigDict()
   config.score.squared = False
   config.score.norm = 'scalar'  # or 'per_pixel'
+  # A^(p) from the normalised branch maps: 'sum' = Â_loc + Â_glo (docs/method.md §8 step 2) [P]; 'max' = their
+  # pixelwise maximum [I], an alternative for when one branch's noise drowns the other's finding.
+  config.score.fusion = 'sum'
   config.score.upsample = 'bilinear'
   config.score.gaussian_sigma = 0.0
   # Score the test split in --mode=eval / train_and_eval: maps, metrics.json, report.md (gcad_jax.assess).
@@ -257,6 +260,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be > 0')
   _require(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0')
   _one_of(config, 'score.norm', ('scalar', 'per_pixel'))
+  _one_of(config, 'score.fusion', ('sum', 'max'))
   _one_of(config, 'score.upsample', ('bilinear',))
   _require(config.score.gaussian_sigma == 0, 'score.gaussian_sigma',
            'smoothing is not implemented (GCAD.md §8 step 4 applies none); set it to 0')

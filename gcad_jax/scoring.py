@@ -110,10 +110,18 @@ def normalise(a: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
   return ((np.asarray(a, np.float64) - stats['mean']) / stats['std']).astype(np.float32)
 
 
-def scale_variants(a_loc: np.ndarray, a_glo: np.ndarray, stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """{'local', 'global', 'combined'} maps of one scale: each branch normalised, and their sum A^(p)."""
+FUSIONS = ('sum', 'max')
+
+
+def scale_variants(a_loc: np.ndarray, a_glo: np.ndarray, stats: Mapping[str, Any],
+                   fusion: str = 'sum') -> dict[str, np.ndarray]:
+  """{'local', 'global', 'combined'} maps of one scale: each branch normalised, and A^(p) their sum (§8 step 2)
+  or, with `fusion='max'` (`score.fusion`), their pixelwise maximum."""
   local, glob = normalise(a_loc, stats['loc']), normalise(a_glo, stats['glo'])
-  return {'combined': local + glob, 'local': local, 'global': glob}
+  if fusion not in FUSIONS:
+    raise ValueError(f'score.fusion={fusion!r} is not one of {list(FUSIONS)}')
+  combined = local + glob if fusion == 'sum' else np.maximum(local, glob)
+  return {'combined': combined, 'local': local, 'global': glob}
 
 
 def fuse_scales(per_scale: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -184,8 +192,8 @@ def compute_norm_stats(config, models: Mapping[int, tuple], val_images: np.ndarr
 def score_images(config, models: Mapping[int, tuple], stats: Mapping[int, dict], images_uint8: np.ndarray,
                  mesh) -> dict[str, np.ndarray]:
   """The fused normalised maps {'combined', 'local', 'global'} (N, h, w) of uint8 images (§8 steps 1–3)."""
-  per_scale = [scale_variants(*branch_maps(config, nets, state, images_uint8, mesh), stats[p])
-               for p, (nets, state) in models.items()]
+  per_scale = [scale_variants(*branch_maps(config, nets, state, images_uint8, mesh), stats[p],
+                              config.score.get('fusion', 'sum')) for p, (nets, state) in models.items()]
   return fuse_scales(per_scale)
 
 

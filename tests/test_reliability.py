@@ -288,6 +288,7 @@ def test_unknown_config_key_is_refused_on_the_command_line_and_in_a_config_file(
      r"config\.dataset\.category: 'breakfast_boxx' is neither an MVTec LOCO category .* nor a folder with a "
      r'defects_config\.json under config\.dataset\.manual_dir'),
     ('train.batch_size', 12, r'config\.train\.batch_size: 12 is not divisible by the 8'),
+    ('score.fusion', 'mean', r"config\.score\.fusion: 'mean' is not one of"),
 ])
 def test_bad_values_are_refused_before_any_work_naming_the_key(tmp_path, key, value, message):
   section, name = key.split('.')

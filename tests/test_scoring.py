@@ -79,6 +79,14 @@ def test_other_maps_are_normalised_with_the_validation_statistics():
   np.testing.assert_array_equal(v['local'], np.full((1, 2, 2), 3.0))  # (5 - 2) / 1
   np.testing.assert_array_equal(v['global'], [[[-2.0, 0.0], [2.0, 0.5]]])  # (A - 20) / 10
   np.testing.assert_array_equal(v['combined'], [[[1.0, 3.0], [5.0, 3.5]]])
+  # score.fusion='max': the pixelwise maximum of the same normalised maps, the branches unchanged.
+  m = scoring.scale_variants(np.full((1, 2, 2), 5.0), np.array([[[0.0, 20.0], [40.0, 25.0]]]), stats, 'max')
+  np.testing.assert_array_equal(m['combined'], [[[3.0, 3.0], [3.0, 3.0]]])
+  m = scoring.scale_variants(np.full((1, 2, 2), 3.0), np.array([[[0.0, 20.0], [40.0, 25.0]]]), stats, 'max')
+  np.testing.assert_array_equal(m['combined'], [[[1.0, 1.0], [2.0, 1.0]]])
+  np.testing.assert_array_equal(m['global'], v['global'])
+  with pytest.raises(ValueError, match='score.fusion'):
+    scoring.scale_variants(np.ones((1, 2, 2)), np.ones((1, 2, 2)), stats, 'mean')
   # per_pixel: each pixel's own μ, σ over the validation images.
   val = np.array([[[1.0, 0.0], [-1.0, 0.0]], [[3.0, 4.0], [1.0, 2.0]]])  # μ [[2, 2], [0, 1]], σ [[1, 2], [1, 1]]
   stats = scoring.norm_stats(val, 2 * val, 'per_pixel')
