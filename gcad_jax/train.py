@@ -30,7 +30,7 @@ import optax
 from absl import logging
 from etils import epath
 
-from gcad_jax import checkpoints, configlib, eloc_stats, input_pipeline, parallel, run_info
+from gcad_jax import checkpoints, configlib, eloc_stats, input_pipeline, parallel, run_info, summaries
 from gcad_jax.models import gcad, global_net, teacher_weights
 
 MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (GCAD.md §7.3, stage 1)
@@ -281,9 +281,8 @@ def train_scale(config, workdir, p: int, train_data, par: parallel.DataParallel,
       features = None
 
     start = latest or 0
-    from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
-    report_progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+    writer = summaries.create_writer(scale_dir, main_process=jax.process_index() == 0)
+    progress = summaries.Progress(start, total_steps)
     step_fns = {}
 
     def step_fn(with_glo):
@@ -322,7 +321,6 @@ def train_scale(config, workdir, p: int, train_data, par: parallel.DataParallel,
         interval.append(metrics)
         count += 1
         done = step + 1
-        report_progress(done)
         log_now = done % config.train.log_every_steps == 0 or done == total_steps or done == start + 1
         preempted = stop is not None and stop.is_set()
         save_now = done % config.train.checkpoint_every_steps == 0 or done == total_steps or preempted
@@ -330,7 +328,7 @@ def train_scale(config, workdir, p: int, train_data, par: parallel.DataParallel,
           checkpoints.check_finite_losses(p, accumulated, interval, done, par, mngr, LOSSES)
           interval = []
         if log_now:
-          _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, par)
+          _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, par, progress)
           accumulated, count = None, 0
         if save_now:
           checkpoints.save_checkpoint(mngr, state, meta_at(done, rglo_started), par,
@@ -342,22 +340,30 @@ def train_scale(config, workdir, p: int, train_data, par: parallel.DataParallel,
     if start >= total_steps:
       logging.info('p%d: already trained (%d steps) according to %s', p, total_steps, scale_dir / 'checkpoints')
     mngr.wait_until_finished()
-    writer.flush()
+    writer.close()
     return state
 
 
-def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, par) -> None:
-  """Writes the interval means of the loss terms, the learning rate and the skip weights (host sync)."""
+def _log(writer, config, p, done, steps_per_epoch, total_steps, accumulated, count, par,
+         progress: summaries.Progress) -> None:
+  """Writes the interval means of the loss terms, the learning rate, the skip weights and the step rate
+  (host sync), and logs one line: progress, rate, ETA and losses (the skip weights at debug level)."""
   means = {k: float(v) / count for k, v in par.unreplicate(accumulated).items()}
   epoch = fractional_epoch(done, steps_per_epoch)
   weights = np.asarray(skip_weights(config, epoch))
   lr = config.optim.learning_rate * float(learning_rate_factor(config, done, total_steps))
+  rate, eta = progress.update(done)
   scalars = dict(means, learning_rate=lr, epoch=epoch)
   scalars.update({f'skip_weight_{name}': float(w) for name, w in zip(global_net.SKIP_NAMES, weights)})
+  if rate is not None:
+    scalars['steps_per_sec'] = rate
   writer.write_scalars(done, scalars)
-  logging.info('p%d epoch %.2f step %d/%d: total %.5g  l_loc %.5g  l_kd %.5g  l_glo %.5g  skips %s', p, epoch,
-               done, total_steps, means['total'], means['l_loc'], means['l_kd'], means['l_glo'],
-               ' '.join(f'{n}={w:.2f}' for n, w in zip(global_net.SKIP_NAMES, weights)))
+  logging.info('p%d step %d/%d (%.0f%%, epoch %.2f) %s steps/s, ETA %s: total %.5g  l_loc %.5g  l_kd %.5g  '
+               'l_glo %.5g', p, done, total_steps, 100 * done / total_steps, epoch,
+               '?' if rate is None else f'{rate:.3g}', eta, means['total'], means['l_loc'], means['l_kd'],
+               means['l_glo'])
+  logging.debug('p%d step %d: skip weights %s, learning rate %.3g', p, done,
+                ' '.join(f'{n}={w:.2f}' for n, w in zip(global_net.SKIP_NAMES, weights)), lr)
 
 
 def restore_latest(config, workdir, p: int, mesh=None):
@@ -419,7 +425,7 @@ def warn_if_eglo_collapsed(p: int, losses: dict) -> None:
 def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
   """Validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
 
-  Writes workdir/p<p>/validation_losses.json and the clu scalars `val/<term>`. Then, with
+  Writes workdir/p<p>/validation_losses.json and the TensorBoard scalars `val/<term>`. Then, with
   `config.score.enabled`, scores the test split with the same states (GCAD.md §8; `gcad_jax.assess`: maps,
   metrics.json, report.md) and returns its summary under the key 'test'.
   """
@@ -443,10 +449,9 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
     warn_if_eglo_collapsed(p, losses)
     results[p] = losses
     run_info.write_json(scale_dir / 'validation_losses.json', losses)
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    writer = metric_writers.create_default_writer(scale_dir, just_logging=jax.process_index() > 0)
+    writer = summaries.create_writer(scale_dir, main_process=jax.process_index() == 0)
     writer.write_scalars(step, {f'val/{k}': losses[k] for k in LOSSES})
-    writer.flush()
+    writer.close()
     logging.info('p%d validation (%d images, step %d): %s', p, losses['num_images'], step,
                  {k: round(losses[k], 5) for k in LOSSES})
   if config.score.get('enabled', True):
