@@ -181,24 +181,54 @@ def _verify_checksums(state, meta: dict, par: parallel.DataParallel, where) -> N
     raise CorruptCheckpointError(f'{where}: array(s) {differing[:3]} do not match the CRC32 saved with them')
 
 
+# TensorStore reports storage faults as ValueError('<STATUS>: ...'), and Orbax may wrap them in a bare
+# Exception: these statuses mean bytes on disk are missing, short or undecodable.
+_STORAGE_STATUSES = ('DATA_LOSS:', 'NOT_FOUND:', 'OUT_OF_RANGE:')
+
+
+def _is_corruption_here(e: BaseException) -> bool:
+  if isinstance(e, (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, zlib.error,
+                    CorruptCheckpointError)):
+    return True
+  if isinstance(e, ValueError) and str(e).startswith(_STORAGE_STATUSES):
+    return True
+  # Orbax, when an item's folder is missing: 'Item "state" was not found in the checkpoint.'
+  return isinstance(e, KeyError) and 'was not found in the checkpoint' in str(e)
+
+
+def is_corruption(e: BaseException) -> bool:
+  """Whether `e`, or an exception it was raised from, says a checkpoint's files are missing, short, fail
+  to decode or fail their CRC32: IO, decode and checksum errors. Out of memory, a version mismatch or a
+  bug is not corruption, and a restore stops on it instead of moving the checkpoint aside."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if _is_corruption_here(e):
+      return True
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return False
+
+
 def newest_meta(mngr) -> dict | None:
   """The data position of the newest checkpoint whose meta reads back (others are handled on restore)."""
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return read_meta(mngr, step)
-    except Exception:  # pylint: disable=broad-except (any read error: restore_newest reports it)
-      continue
+    except Exception as e:  # pylint: disable=broad-except (re-raised unless corruption)
+      if not is_corruption(e):
+        raise
   return None
 
 
 def restore_newest(mngr, template_for, check, par: parallel.DataParallel, quarantine: bool):
   """(step, meta, state) of the newest checkpoint that reads back intact; (None, None, None) if none exist.
 
-  A newer checkpoint that fails to read (missing or truncated file, bad JSON, CRC32 mismatch) is reported
-  with a warning naming its step and the file or array, and the previous one is used; with `quarantine`
+  A newer checkpoint that is corrupt (`is_corruption`: missing or truncated file, bad JSON, CRC32 mismatch)
+  is reported with a warning naming its step and the file or array, and the previous one is used; with `quarantine`
   (training) it is moved to `<scale>/corrupt_checkpoints/`, so that its step can be saved again. When no
-  checkpoint reads back, CorruptCheckpointError lists why and nothing is moved. `check(meta)` refusals
-  (another model shape or data position) propagate: they are not corruption.
+  checkpoint reads back, CorruptCheckpointError lists why and nothing is moved. Any other error (out of
+  memory, another library version, a bug) and `check(meta)` refusals (another model shape or data position)
+  propagate at once and move nothing: they are not corruption.
   """
   ckpt_dir = epath.Path(mngr.directory)
   failures = []
@@ -206,14 +236,18 @@ def restore_newest(mngr, template_for, check, par: parallel.DataParallel, quaran
     where = ckpt_dir / str(step)
     try:
       meta = read_meta(mngr, step)
-    except Exception as e:  # pylint: disable=broad-except (a corrupt file may raise anything)
+    except Exception as e:  # pylint: disable=broad-except (re-raised unless corruption)
+      if not is_corruption(e):
+        raise
       failures.append((step, f'{where}/meta: {type(e).__name__}: {e}'))
       continue
     check(meta)
     try:
       state = restore_checkpoint(mngr, step, template_for(meta), par)
       _verify_checksums(state, meta, par, f'{where}/state')
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:  # pylint: disable=broad-except (re-raised unless corruption)
+      if not is_corruption(e):
+        raise
       failures.append((step, f'{type(e).__name__}: {e}'))
       continue
     for bad, reason in failures:

@@ -83,13 +83,36 @@ def write_json(path: epath.Path, value) -> None:
     atomic_io.write_json(path, value, indent=2, sort_keys=True, default=str)
 
 
-def write_run_files(config, workdir) -> dict:
-  """workdir/config.json (the resolved config) and workdir/provenance.json."""
+def write_run_files(config, workdir, resume: bool = False) -> dict:
+  """workdir/config.json (the resolved config) and workdir/provenance.json; returns this run's provenance.
+
+  A resume keeps the first run's config.json as it is, and adds its own provenance to the list
+  `resumes` in provenance.json, after the first run's (`finish_run` completes it).
+  """
   workdir = epath.Path(workdir)
-  write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
   info = provenance(config)
-  write_json(workdir / 'provenance.json', info)
+  path = workdir / 'provenance.json'
+  if not resume or not path.exists():
+    write_json(workdir / 'config.json', json.loads(config.to_json_best_effort()))
+    write_json(path, info)
+    return info
+  record = json.loads(path.read_text())
+  record.setdefault('resumes', []).append(info)
+  write_json(path, record)
   return info
+
+
+def finish_run(workdir, info: dict, train_wall_s: float) -> None:
+  """Adds the end time and training wall time to this run's entry of workdir/provenance.json."""
+  path = epath.Path(workdir) / 'provenance.json'
+  info.update(end_time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), train_wall_s=round(train_wall_s, 2))
+  record = json.loads(path.read_text()) if path.exists() else info
+  resumes = record.get('resumes', [])
+  if resumes and resumes[-1].get('start_time') == info['start_time']:
+    resumes[-1] = info
+  else:
+    record = info
+  write_json(path, record)
 
 
 # Config fields that fix what a workdir's checkpoints were trained on: resuming or evaluating under a config
@@ -107,6 +130,30 @@ def _lookup(tree: dict, key: str):
   for part in key.split('.'):
     tree = tree.get(part) if isinstance(tree, dict) else None
   return tree
+
+
+# Config fields whose change would make a resumed run another run (seed, optimiser, schedule, loss): resuming
+# training under a config that differs in one of them is refused. These train.* fields only say how often to
+# log and save, or where E_loc runs (bitwise the same result), and may change on a resume.
+RESUME_KEYS = ('seed', 'optim', 'train')
+RESUME_FREE = ('train.log_every_steps', 'train.checkpoint_every_steps', 'train.keep_checkpoints',
+               'train.cache_eloc')
+
+
+def check_same_training(config, workdir) -> None:
+  """Refuses to resume the training in `workdir` with RESUME_KEYS that differ from workdir/config.json."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    return
+  saved, now = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
+  differing = [d for key in RESUME_KEYS for d in _differences(_lookup(saved, key), _lookup(now, key), key)
+               if d[0] not in RESUME_FREE]
+  if differing:
+    key, was, is_now = differing[0]
+    raise configlib.ConfigError(
+        f'config.{key}: the checkpoints in {workdir} were trained with {was!r} (see {path}), this config has '
+        f'{is_now!r} ({len(differing)} field(s) differ: {[d[0] for d in differing[:5]]}); resuming would mix '
+        f'two trainings. Resume with the config in {path}, or train in another --workdir.')
 
 
 def check_same_run(config, workdir) -> None:

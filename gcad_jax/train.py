@@ -1,4 +1,4 @@
-"""GCAD training: train state, per-device train and eval steps, E_loc statistics, the loop and its logging.
+"""GCAD training: train state, per-device train and eval steps, the loop, its logging and validation losses.
 
 GCAD.md §7 (losses, staging, optimiser), §3.4 (E_loc statistics), §4.3 (skip fade), §13 (JAX mapping).
 One full model per receptive field p in `config.model.scales`, trained one after the other in the same run,
@@ -10,7 +10,9 @@ each with its own state and its own folder `workdir/p17`, `workdir/p33`:
   workdir/p17/validation_losses.json                Eq. 2–5 terms on the validation images, kd_explained
 
 The run record and the same-run checks are in `run_info`, checkpoints and pre-emption in `checkpoints`,
-the device mesh in `parallel`.
+E_loc's statistics in `eloc_stats`, TensorBoard writing in `summaries`, the device mesh in `parallel`.
+About 500 lines: the shape of the flax examples' train.py (state, steps, `train_and_evaluate`), kept in one
+file so that the loop reads top to bottom.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from etils import epath
 
 from gcad_jax import checkpoints, configlib, eloc_stats, input_pipeline, parallel, run_info, summaries
 from gcad_jax.models import gcad, global_net, teacher_weights
@@ -472,10 +473,12 @@ def train(config, workdir, mesh=None) -> dict:
   t0 = time.time()
   train_data = input_pipeline.load_split(config, 'train')
   num_examples = len(train_data.images)
-  if checkpoints.check_existing(config, workdir, train_data.images.shape[1:3],
-                                _steps_per_epoch(config, num_examples), num_examples):
+  resume = checkpoints.check_existing(config, workdir, train_data.images.shape[1:3],
+                                      _steps_per_epoch(config, num_examples), num_examples)
+  if resume:
     run_info.check_same_run(config, workdir)
-  info = run_info.write_run_files(config, workdir)
+    run_info.check_same_training(config, workdir)
+  info = run_info.write_run_files(config, workdir, resume=resume)
   states = {}
   with checkpoints.sigterm_requests_checkpoint() as stop:
     for p in config.model.scales:
@@ -484,8 +487,7 @@ def train(config, workdir, mesh=None) -> dict:
         raise checkpoints.preempted(p, int(par.unreplicate(states[p].step)),
                                     run_info.scale_dir(workdir, p) / 'checkpoints')
   jax.block_until_ready(states)
-  info.update(end_time=time.strftime('%Y-%m-%dT%H:%M:%S%z'), train_wall_s=round(time.time() - t0, 2))
-  run_info.write_json(epath.Path(workdir) / 'provenance.json', info)
+  run_info.finish_run(workdir, info, time.time() - t0)
   return states
 
 

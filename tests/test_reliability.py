@@ -294,6 +294,37 @@ def test_eval_refuses_a_workdir_of_another_config_or_checkpoints_of_another_shap
   assert not (workdir / 'p17' / 'corrupt_checkpoints').exists()
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('seed', 1, r'config\.seed: .* trained with 0 .*this config has 1'),
+    ('optim.learning_rate', 0.5, r'config\.optim\.learning_rate: .* trained with [0-9.e-]+ .*has 0\.5'),
+    ('train.epochs', 4, r'config\.train\.epochs: .* trained with 3 .*has 4'),
+])
+def test_a_resume_under_another_seed_optimiser_or_schedule_is_refused_and_the_record_kept(reference, tmp_path, key,
+                                                                                        value, message):
+  workdir = _copy(reference, tmp_path)
+  record = {name: (workdir / name).read_bytes() for name in ('config.json', 'provenance.json')}
+  config = _config({'train.log_every_steps': 1, 'train.keep_checkpoints': 5})  # These may change on a resume.
+  if '.' in key:
+    config[key.split('.')[0]][key.split('.')[1]] = value
+  else:
+    config[key] = value
+  with pytest.raises(configlib.ConfigError, match=message):
+    train.train(config, workdir)
+  assert {name: (workdir / name).read_bytes() for name in record} == record
+  assert _steps(workdir) == [4, 6]
+
+
+def test_a_resume_keeps_the_first_runs_config_and_adds_its_provenance(reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  config_json = (workdir / 'config.json').read_bytes()
+  first = json.loads((workdir / 'provenance.json').read_text())
+  train.train(_config({'train.log_every_steps': 1}), workdir)  # Already trained: nothing to do but record it.
+  record = json.loads((workdir / 'provenance.json').read_text())
+  assert (workdir / 'config.json').read_bytes() == config_json
+  assert {k: v for k, v in record.items() if k != 'resumes'} == first
+  assert len(record['resumes']) == 1 and record['resumes'][0]['train_wall_s'] >= 0
+
+
 def _mutations(rng: np.random.Generator, data: bytes) -> list[bytes]:
   """Malformed versions of a file: empty, truncated, header only, random bytes, bytes flipped, garbage appended."""
   flipped = bytearray(data)
