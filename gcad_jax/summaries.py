@@ -12,8 +12,11 @@ Every scalar is also logged at debug level (`--verbosity=1`); the INFO log keeps
 
 from __future__ import annotations
 
+import contextlib
 import logging as std_logging
 import os
+import sys
+import tempfile
 import time
 from typing import Mapping
 
@@ -69,14 +72,42 @@ class Writer:
     self._backend.close()
 
 
+# TensorFlow's C++ INFO lines, written to stderr while it loads: TensorFlow 2.16+ logs them through absl's C++
+# logging before that is set up, whatever TF_CPP_MIN_LOG_LEVEL says (measured with TensorFlow 2.21).
+_TF_BANNER = ('I0000 ', 'WARNING: All log messages before absl::InitializeLog()', 'To enable the following ')
+
+
+@contextlib.contextmanager
+def _tensorflow_banner_at_debug():
+  """Catches what is written to file descriptor 2 inside; replays it, the TensorFlow banner at debug level."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as caught:
+    os.dup2(caught.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      caught.seek(0)
+      for line in caught.read().decode(errors='replace').splitlines():
+        if line.startswith(_TF_BANNER):
+          logging.debug('tensorflow: %s', line)
+        else:
+          print(line, file=sys.stderr)
+
+
 def _backend(logdir: str):
   """(backend, name): clu with TensorFlow, else tensorboardX, else none (noted once)."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
-  except ImportError:
-    pass
-  else:
-    return metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir)), 'clu'
+  with _tensorflow_banner_at_debug():
+    try:
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top (imports TensorFlow)
+      clu_writer = metric_writers.AsyncWriter(metric_writers.SummaryWriter(logdir))
+    except ImportError:
+      clu_writer = None
+  if clu_writer is not None:
+    return clu_writer, 'clu'
   try:
     return _TensorboardX(logdir), 'tensorboardX'
   except ImportError:

@@ -69,9 +69,15 @@ def test_train_evaluate_and_predict_run_without_tensorflow(tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec('tensorflow') is None, reason='TensorFlow is not installed')
-def test_with_tensorflow_clus_writer_is_used(tmp_path):
-  from gcad_jax import summaries  # pylint: disable=g-import-not-at-top
-  writer = summaries.create_writer(tmp_path)
-  writer.write_scalars(3, {'loss': 1.5})
-  writer.close()
-  assert writer.name == 'clu' and list(tmp_path.glob('events.out.tfevents.*'))
+def test_with_tensorflow_clus_writer_is_used_and_its_banner_kept_at_debug_level(tmp_path):
+  """TensorFlow 2.21 prints its oneDNN and CPU-instruction INFO lines to stderr whatever TF_CPP_MIN_LOG_LEVEL
+  says; they go to the debug log (a fresh process: TensorFlow prints them once, when it loads)."""
+  code = ('import sys; from absl import logging; from gcad_jax import summaries; summaries.quiet_library_logs(); '
+          'logging.set_verbosity(logging.INFO); w = summaries.create_writer(sys.argv[1]); '
+          'w.write_scalars(3, {"loss": 1.5}); w.close(); print(w.name)')
+  env = {k: v for k, v in os.environ.items() if not k.startswith('TF_')}
+  out = subprocess.run([sys.executable, '-c', code, str(tmp_path)], cwd=ROOT, env=env, text=True,
+                       capture_output=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.strip() == 'clu', out.stderr[-3000:]
+  assert list(tmp_path.glob('events.out.tfevents.*'))
+  assert 'oneDNN' not in out.stderr and 'InitializeLog' not in out.stderr, out.stderr[-3000:]
