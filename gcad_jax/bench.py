@@ -394,16 +394,30 @@ def flop_counts(config: Any, p: int, batch: int, modes: tuple[str, ...] = ('trai
   return out
 
 
-def torch_runners(config: Any, p: int, modes: tuple[str, ...], batch: int, iters: int,
-                  formats: tuple[str, ...] = ('nchw', 'channels_last'), seed: int = 0) -> list[Runner]:
-  """The same modes in benchmarks/torch_reference.py (eager), per memory format."""
-  path = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'torch_reference.py'
-  if not path.exists():
-    raise FileNotFoundError(f'{path} is missing: --torch needs the source checkout (benchmarks/torch_reference.py)')
-  spec = importlib.util.spec_from_file_location('torch_reference', path)
+def load_torch_reference(path: str | None = None) -> types.ModuleType:
+  """benchmarks/torch_reference.py as a module: `path`, else the one in the checkout this gcad_jax runs from.
+
+  The benchmarks are not part of the installed package: an installed gcad_jax needs `--torch_reference`.
+  """
+  checkout = pathlib.Path(__file__).resolve().parents[1] / 'benchmarks' / 'torch_reference.py'
+  file = pathlib.Path(path) if path else checkout
+  if not file.is_file():
+    how = ('' if path else f'this gcad_jax ({pathlib.Path(__file__).parent}) is not a source checkout, so ') + (
+        f'{file} does not exist')
+    raise FileNotFoundError(f'--torch: {how}; pass --torch_reference=PATH/TO/benchmarks/torch_reference.py '
+                            '(from a checkout of gcad_jax)')
+  spec = importlib.util.spec_from_file_location('torch_reference', file)
   ref = importlib.util.module_from_spec(spec)
   sys.modules['torch_reference'] = ref
   spec.loader.exec_module(ref)
+  return ref
+
+
+def torch_runners(config: Any, p: int, modes: tuple[str, ...], batch: int, iters: int,
+                  formats: tuple[str, ...] = ('nchw', 'channels_last'), seed: int = 0,
+                  reference: str | None = None) -> list[Runner]:
+  """The same modes in benchmarks/torch_reference.py (eager; `reference`: its path), per memory format."""
+  ref = load_torch_reference(reference)
   import torch  # pylint: disable=g-import-not-at-top (optional: the `bench` extra)
   runners = []
   for fmt in formats:
@@ -501,7 +515,7 @@ def table(rows: list[dict]) -> str:
 
 def run(config: Any, p: int, *, modes: tuple[str, ...], batch: int, reps: int, iters: int = 1, warmup: int = 1,
         with_torch: bool = False, torch_formats: tuple[str, ...] = ('nchw', 'channels_last'),
-        peak_tflops: float | None = None, label: str = '', forms: dict | None = None,
+        torch_reference: str | None = None, peak_tflops: float | None = None, label: str = '', forms: dict | None = None,
         ab: tuple[dict, ...] = ()) -> dict:
   """Builds, compiles, warms up and times; returns the JSON-ready result."""
   unknown = set(modes) - set(MODES)
@@ -513,7 +527,7 @@ def run(config: Any, p: int, *, modes: tuple[str, ...], batch: int, reps: int, i
     name = 'jax[' + ','.join(f'{k}={v}' for k, v in variant.items()) + ']'
     runners += jax_runners(config, p, modes, batch, iters, forms={**(forms or {}), **variant}, name=name)
   if with_torch:
-    runners += torch_runners(config, p, modes, batch, iters, torch_formats)
+    runners += torch_runners(config, p, modes, batch, iters, torch_formats, reference=torch_reference)
   measure(runners, reps, warmup)
   nets = gcad.build_nets(config, p)
   params = jax.eval_shape(lambda k: gcad.init_params(nets, k, tuple(config.dataset.image_size)), jax.random.key(0))
@@ -546,6 +560,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--warmup', type=int, default=1)
   parser.add_argument('--torch', action='store_true', help='interleave benchmarks/torch_reference.py')
   parser.add_argument('--torch_formats', default='nchw,channels_last')
+  parser.add_argument('--torch_reference', default=None,
+                      help='path of benchmarks/torch_reference.py (default: the checkout gcad_jax runs from)')
   parser.add_argument('--keep_xla_flags', action='store_true', help=f'do not add {" ".join(CPU_XLA_FLAGS)}')
   parser.add_argument('--peak_tflops', type=float, default=None, help='override the device peak')
   parser.add_argument('--flops_only', action='store_true', help='only FLOPs per image of train and infer, no run')
@@ -585,7 +601,8 @@ def main(argv=None) -> dict:
     return {'scale': p, 'batch': batch, 'gflops_per_image': counts}
   result = run(config, p, modes=tuple(m for m in args.modes.split(',') if m), batch=batch, reps=args.reps,
                iters=args.iters, warmup=args.warmup, with_torch=args.torch,
-               torch_formats=tuple(args.torch_formats.split(',')), peak_tflops=args.peak_tflops,
+               torch_formats=tuple(args.torch_formats.split(',')), torch_reference=args.torch_reference,
+               peak_tflops=args.peak_tflops,
                label=args.label or (args.config or args.preset),
                forms={k: v for k in ('dense_form', 'up_form', 'stride_form') if (v := getattr(args, k))},
                ab=tuple(dict([_override(item)]) for item in args.ab))

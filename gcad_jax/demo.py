@@ -61,11 +61,12 @@ def main(argv=None) -> int:
   from tfds_loco import build as tfds_build
   from tfds_loco import synthetic
 
-  # Progress: training and evaluation log at INFO (absl shows only warnings without app.run); Orbax's
-  # per-save lines are dropped as in main.py.
+  from gcad_jax import summaries
+
+  # Progress: training and evaluation log at INFO (absl shows only warnings without app.run); library
+  # detail (Orbax's per-save lines, TFDS's build lines) is dropped as in main.py.
   logging.set_verbosity(logging.INFO)
-  logging.get_absl_logger().addFilter(
-      lambda record: record.levelno >= logging.converter.STANDARD_WARNING or '/orbax/' not in record.pathname)
+  summaries.quiet_library_logs()
 
   start = time.time()
   data = pathlib.Path(args.data)
@@ -78,7 +79,9 @@ def main(argv=None) -> int:
     synthetic.generate(manual_dir, args.category, seed=args.seed)
 
   _say(f'step 2/3: TFDS data set in {data / "tfds"}')
-  tfds_build.build(category=args.category, manual_dir=str(manual_dir), data_dir=str(data / 'tfds'))
+  builder = tfds_build.build(category=args.category, manual_dir=str(manual_dir), data_dir=str(data / 'tfds'),
+                             quiet=True)  # TFDS's own prints and progress bars break the log lines
+  _say('  ' + ', '.join(f'{name}: {split.num_examples}' for name, split in builder.info.splits.items()))
 
   _say(f'step 3/3: train and evaluate GCAD with configs/synthetic.py in {args.workdir}')
   config = load_config(ROOT / 'configs' / 'synthetic.py', 'short' if args.schedule == 'short' else '')

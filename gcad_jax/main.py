@@ -5,12 +5,10 @@ Flags: --config (a config file, optionally `file.py:argument`, plus `--config.a.
 configs/teacher_p*.py, GCAD.md §3.5), --distributed (multi-host: `jax.distributed.initialize()`).
 """
 
-import logging as std_logging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from gcad_jax import configlib, parallel, train, xla_cpu
+from gcad_jax import configlib, parallel, summaries, train, xla_cpu
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (see configs/).', lock_config=True)
@@ -20,15 +18,10 @@ flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() (also
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Drops Orbax's per-save INFO lines (dozens per checkpoint); its warnings and errors still show."""
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
+  summaries.quiet_library_logs()  # One progress line per log interval; the rest at --verbosity=1.
   xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
   if FLAGS.mode == 'distill':  # teacher pretraining (GCAD.md §3.5); needs only config.teacher and config.eloc
     from gcad_jax import distill  # pylint: disable=g-import-not-at-top
@@ -37,7 +30,7 @@ def main(argv):
   configlib.validate(FLAGS.config)
   parallel.maybe_initialize_distributed(FLAGS.config, force=FLAGS.distributed)
   parallel.check_batch_size(FLAGS.config)
-  logging.info('config:\n%s', FLAGS.config)
+  logging.debug('config:\n%s', FLAGS.config)  # Also written to <workdir>/config.json.
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir, FLAGS.mode)
 
 

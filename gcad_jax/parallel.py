@@ -4,6 +4,8 @@ GCAD.md §13: a train step is written per device, with an explicit `lax.pmean(gr
 over a one-axis mesh named `data` with `jax.shard_map` inside `jax.jit` (batch `P('data')`, state `P()`),
 or with `jax.pmap` of the same function (`config.parallel = 'pmap'`). The helpers below hide the one
 difference between the two: under pmap the state carries a leading axis of local devices.
+`DataParallel` carries the mode and the mesh together, built once from the config, so that callers pass
+one object instead of a mode string and a mesh.
 
 Multi-host: every process runs the same program, feeds its own slice of each global batch
 (`process_rows`), and `shard_batch` assembles the global array with `jax.make_array_from_process_local_data`.
@@ -11,6 +13,7 @@ Multi-host: every process runs the same program, feeds its own slice of each glo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Iterator
 
 import jax
@@ -126,3 +129,52 @@ def shard_batch(local_batch: Any, mode: str, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x: np.asarray(x).reshape((n, -1) + np.shape(x)[1:]), local_batch)
   sharding = NamedSharding(mesh, P(AXIS))
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class DataParallel:
+  """The mode ('shard_map' or 'pmap', `config.parallel`) and the mesh, with the helpers above bound to them."""
+  mode: str
+  mesh: Mesh
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise configlib.ConfigError(f'config.parallel: {self.mode!r} is not one of {list(MODES)}')
+
+  @classmethod
+  def from_config(cls, config, mesh: Mesh | None = None) -> DataParallel:
+    """`config.parallel` over `mesh` (default: all devices, `make_mesh`)."""
+    return cls(config.parallel, make_mesh() if mesh is None else mesh)
+
+  @property
+  def size(self) -> int:
+    return self.mesh.size
+
+  def map(self, step_fn: Callable, *, num_replicated: int = 1, donate: bool = True) -> Callable:
+    return map_per_device(step_fn, self.mode, self.mesh, num_replicated=num_replicated, donate=donate)
+
+  def replicate(self, tree: Any) -> Any:
+    return replicate(tree, self.mode, self.mesh)
+
+  def unreplicate(self, tree: Any) -> Any:
+    return unreplicate(tree, self.mode)
+
+  def shard(self, local_batch: Any) -> Any:
+    return shard_batch(local_batch, self.mode, self.mesh)
+
+  def map_over_all(self, fn: Callable, replicated: Any, images: np.ndarray, batch: int) -> Any:
+    """Runs a per-device `fn(replicated, images, mask)` over every image once, in global batches of `batch`
+    (the last padded and masked); returns the host sum over batches of its psummed outputs, in float64."""
+    mapped = self.map(fn, donate=False)
+    rows = process_rows(batch)
+    outputs = []
+    for index, mask in padded_batches(len(images), batch):
+      outputs.append(mapped(replicated, *self.shard((images[index[rows]], mask[rows]))))
+    outputs = [self.unreplicate(o) for o in outputs]
+    return jax.tree.map(lambda *xs: np.sum(np.stack(xs).astype(np.float64), axis=0), *outputs)
+
+  def state_sharding(self) -> jax.sharding.Sharding:
+    """Where a restored host state lands before `replicate`: one device under pmap, `P()` under shard_map."""
+    if self.mode == 'pmap':
+      return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return NamedSharding(self.mesh, P())

@@ -243,8 +243,8 @@ def write_category_report(workdir, metrics: Mapping, category: str, cat_dir, map
 
 
 def write_scalars(workdir, metrics: Mapping, step: int) -> None:
-  """test/<variant>/{spro_0.05,auroc}/<kind> to TensorBoard (clu's default writer in W)."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  """test/<variant>/{spro_0.05,auroc}/<kind> to TensorBoard (`summaries.create_writer` in W)."""
+  from gcad_jax import summaries  # pylint: disable=g-import-not-at-top
   scalars = {}
   for variant, h in variant_headlines(metrics).items():
     for metric in ('spro', 'auroc'):
@@ -252,7 +252,7 @@ def write_scalars(workdir, metrics: Mapping, step: int) -> None:
         if value is not None:
           name = 'spro_0.05' if metric == 'spro' else 'auroc'
           scalars[f'test/{variant}/{name}/{kind}'] = float(value)
-  writer = metric_writers.create_default_writer(str(workdir))
+  writer = summaries.create_writer(str(workdir))
   writer.write_scalars(int(step), scalars)
   writer.flush()
   writer.close()

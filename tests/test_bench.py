@@ -5,6 +5,7 @@ import functools
 import json
 import os
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -235,6 +236,20 @@ def test_subpixel_global_net_equals_strided_convolutions():
     results = both()
   for ours, theirs in results:
     jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-5), ours, theirs)
+
+
+def test_torch_reference_is_found_in_the_checkout_or_named_by_a_flag(tmp_path, monkeypatch):
+  """An installed gcad_jax has no benchmarks/: --torch then asks for --torch_reference (a clear error)."""
+  monkeypatch.setitem(sys.modules, 'torch_reference', None)  # Loading registers it; restored afterwards.
+  assert bench.load_torch_reference().__file__ == str(ROOT / 'benchmarks' / 'torch_reference.py')
+  copy = tmp_path / 'ref.py'
+  copy.write_text('NAME = "copy"\n')
+  assert bench.load_torch_reference(str(copy)).NAME == 'copy'
+  with pytest.raises(FileNotFoundError, match=r'--torch: .*missing\.py does not exist; pass --torch_reference='):
+    bench.load_torch_reference(str(tmp_path / 'missing.py'))
+  monkeypatch.setattr(bench, '__file__', str(tmp_path / 'site-packages' / 'gcad_jax' / 'bench.py'))
+  with pytest.raises(FileNotFoundError, match=r'is not a source checkout.*pass --torch_reference='):
+    bench.load_torch_reference()
 
 
 @pytest.mark.slow

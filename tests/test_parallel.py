@@ -52,6 +52,19 @@ def test_mapped_step_sees_its_rows_and_averages_over_devices(mode):
   assert parallel.unreplicate(offset, mode) == 0.0  # device i holds rows 2i, 2i+1
 
 
+@pytest.mark.parametrize('mode', parallel.MODES)
+def test_data_parallel_carries_the_mode_and_mesh_and_refuses_an_unknown_mode(mode):
+  config = _tiny()
+  config.parallel = mode
+  par = parallel.DataParallel.from_config(config)
+  assert (par.mode, par.size) == (mode, jax.device_count())
+  state = par.replicate({'w': np.float32(3.0)})
+  total = par.map(lambda s, x: {'w': s['w'] * jax.lax.psum(x.sum(), 'data')})(state, par.shard(np.ones((8, 1))))
+  assert par.unreplicate(total)['w'] == pytest.approx(24.0)
+  with pytest.raises(configlib.ConfigError, match=r"config\.parallel: 'pjit' is not one of"):
+    parallel.DataParallel('pjit', par.mesh)
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))

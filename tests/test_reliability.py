@@ -21,7 +21,7 @@ from absl import flags
 from etils import epath
 from ml_collections import config_flags
 
-from gcad_jax import atomic_io, configlib, evaluate, parallel, train
+from gcad_jax import atomic_io, checkpoints, configlib, evaluate, parallel, run_info, train
 from gcad_jax.models import teacher_weights
 from tfds_loco import build as tfds_build
 from tfds_loco import layout
@@ -53,11 +53,11 @@ def _steps(workdir) -> list[int]:
 
 def _restore_step(config, workdir, step: int):
   """The host state of checkpoint `step` of scale 17."""
-  mngr = train.checkpoint_manager(config, train._scale_dir(workdir, 17))
-  meta = train.read_meta(mngr, step)
+  mngr = checkpoints.checkpoint_manager(config, run_info.scale_dir(workdir, 17))
+  meta = checkpoints.read_meta(mngr, step)
   _, trainable, e_loc_params = train._init(config, 17, config.dataset.image_size)
   template = train._template(config, trainable, e_loc_params, meta['rglo_started'])
-  state = train.restore_checkpoint(mngr, step, template, config.parallel, parallel.make_mesh())
+  state = checkpoints.restore_checkpoint(mngr, step, template, parallel.DataParallel.from_config(config))
   mngr.close()
   return parallel.unreplicate(state, config.parallel)
 
@@ -132,9 +132,9 @@ def test_sigterm_saves_the_current_step_exits_143_and_the_rerun_resumes(referenc
 
   monkeypatch.setattr(train, '_log', log_then_sigterm)
   handler = signal.getsignal(signal.SIGTERM)
-  with pytest.raises(train.Preempted) as exit_info:
+  with pytest.raises(checkpoints.Preempted) as exit_info:
     train.train(_config(), workdir)
-  assert exit_info.value.code == train.PREEMPTED_EXIT_CODE == 143
+  assert exit_info.value.code == checkpoints.PREEMPTED_EXIT_CODE == 143
   assert 'SIGTERM: p17 saved its checkpoint at step 3' in capsys.readouterr().out
   assert _steps(workdir) == [2, 3] and signal.getsignal(signal.SIGTERM) is handler
 
@@ -170,7 +170,7 @@ def test_checksum_mismatch_is_corruption_and_no_intact_checkpoint_is_refused(ref
   meta['state_crc32']['params/r_glo/down0/conv0/kernel'] ^= 1
   meta_file.write_text(json.dumps(meta))
   (ckpt_dir / '4' / 'state' / 'manifest.ocdbt').unlink()
-  with pytest.raises(train.CorruptCheckpointError,
+  with pytest.raises(checkpoints.CorruptCheckpointError,
                      match=r"no checkpoint reads back intact: step 6: .*\['params/r_glo/down0/conv0/kernel'\] do not "
                            r'match the CRC32.*; step 4: '):
     train.train(_config(), workdir)
@@ -182,8 +182,8 @@ def test_checksum_mismatch_is_corruption_and_no_intact_checkpoint_is_refused(ref
 
 
 def _record_checkpoint_managers(monkeypatch) -> tuple[list, list]:
-  """Patches `train.checkpoint_manager` to list the managers it opens and those closed since."""
-  real = train.checkpoint_manager
+  """Patches `checkpoints.checkpoint_manager` to list the managers it opens and those closed since."""
+  real = checkpoints.checkpoint_manager
   opened, closed = [], []
 
   def recording(*args, **kwargs):
@@ -198,7 +198,7 @@ def _record_checkpoint_managers(monkeypatch) -> tuple[list, list]:
     opened.append(mngr)
     return mngr
 
-  monkeypatch.setattr(train, 'checkpoint_manager', recording)
+  monkeypatch.setattr(checkpoints, 'checkpoint_manager', recording)
   return opened, closed
 
 
@@ -225,36 +225,13 @@ def test_nan_loss_stops_training_naming_step_and_term_and_keeps_the_last_good_ch
   monkeypatch.setattr(train.parallel, 'map_per_device', poisoned)
   opened, closed = _record_checkpoint_managers(monkeypatch)
   workdir = tmp_path / 'run'
-  with pytest.raises(train.NonFiniteError, match=r'p17: the loss term l_glo is nan at step 5 \(l_glo=nan, '
+  with pytest.raises(checkpoints.NonFiniteError, match=r'p17: the loss term l_glo is nan at step 5 \(l_glo=nan, '
                                                  r'total=nan; .*last good checkpoint \(step 4\)'):
     train.train(_config(), workdir)
   assert _steps(workdir) == [2, 4]
   # Every Orbax manager was closed despite the error (an abandoned one keeps its background threads).
   assert opened and closed == opened
   _assert_trees_equal(_restore_step(_config(), workdir, 4), _restore_step(_config(), reference.workdir, 4))
-
-
-def test_a_state_with_nan_is_never_saved(tmp_path):
-  mngr = train.checkpoint_manager(_config(), epath.Path(tmp_path))
-  state = {'params': {'r_glo': {'kernel': np.array([1.0, np.inf], np.float32)}}, 'step': np.int32(3)}
-  with pytest.raises(train.NonFiniteError, match=r'p17: params/r_glo/kernel of the state at step 3 holds NaN or '
-                                                 r'inf, so it is not saved'):
-    train.save_checkpoint(mngr, state, {'step': 3, 'scale': 17}, 'shard_map', force=True)
-  mngr.wait_until_finished()
-  assert mngr.all_steps() == [] and not list((tmp_path / 'checkpoints').iterdir())
-  mngr.close()
-
-
-def test_a_relative_workdir_saves_and_reads_back(tmp_path, monkeypatch):
-  # `--workdir=runs/x`: orbax 0.12.8 refuses a relative path at the first save unless the manager resolves it.
-  monkeypatch.chdir(tmp_path)
-  mngr = train.checkpoint_manager(_config(), epath.Path('runs/x/p17'))
-  state = {'params': {'r_glo': {'kernel': np.array([1.0, 2.0], np.float32)}}, 'step': np.int32(3)}
-  train.save_checkpoint(mngr, state, {'step': 3, 'scale': 17}, 'shard_map', force=True)
-  mngr.wait_until_finished()
-  assert mngr.all_steps() == [3] and (tmp_path / 'runs/x/p17/checkpoints/3').is_dir()
-  assert train.read_meta(mngr, 3)['step'] == 3
-  mngr.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -320,6 +297,37 @@ def test_eval_refuses_a_workdir_of_another_config_or_checkpoints_of_another_shap
   with pytest.raises(ValueError, match=r"other shapes than this config builds.*sections that differ: \['unet'\]"):
     train.train_and_evaluate(_config({'unet.wf': 4}), str(workdir), mode='eval')
   assert not (workdir / 'p17' / 'corrupt_checkpoints').exists()
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('seed', 1, r'config\.seed: .* trained with 0 .*this config has 1'),
+    ('optim.learning_rate', 0.5, r'config\.optim\.learning_rate: .* trained with [0-9.e-]+ .*has 0\.5'),
+    ('train.epochs', 4, r'config\.train\.epochs: .* trained with 3 .*has 4'),
+])
+def test_a_resume_under_another_seed_optimiser_or_schedule_is_refused_and_the_record_kept(reference, tmp_path, key,
+                                                                                        value, message):
+  workdir = _copy(reference, tmp_path)
+  record = {name: (workdir / name).read_bytes() for name in ('config.json', 'provenance.json')}
+  config = _config({'train.log_every_steps': 1, 'train.keep_checkpoints': 5})  # These may change on a resume.
+  if '.' in key:
+    config[key.split('.')[0]][key.split('.')[1]] = value
+  else:
+    config[key] = value
+  with pytest.raises(configlib.ConfigError, match=message):
+    train.train(config, workdir)
+  assert {name: (workdir / name).read_bytes() for name in record} == record
+  assert _steps(workdir) == [4, 6]
+
+
+def test_a_resume_keeps_the_first_runs_config_and_adds_its_provenance(reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  config_json = (workdir / 'config.json').read_bytes()
+  first = json.loads((workdir / 'provenance.json').read_text())
+  train.train(_config({'train.log_every_steps': 1}), workdir)  # Already trained: nothing to do but record it.
+  record = json.loads((workdir / 'provenance.json').read_text())
+  assert (workdir / 'config.json').read_bytes() == config_json
+  assert {k: v for k, v in record.items() if k != 'resumes'} == first
+  assert len(record['resumes']) == 1 and record['resumes'][0]['train_wall_s'] >= 0
 
 
 def _mutations(rng: np.random.Generator, data: bytes) -> list[bytes]:

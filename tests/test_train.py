@@ -14,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from gcad_jax import configlib, parallel, train
+from gcad_jax import configlib, eloc_stats, parallel, train
 import train_worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -68,8 +68,8 @@ def _setup():
   config = train_worker.load_config(TINY, STEP_OVERRIDES)
   nets, trainable, e_loc_params = train._init(config, 17, (64, 64))
   images = train_worker.fake_split(config, 'train').images[:8]
-  mesh1 = parallel.make_mesh(jax.devices()[:1])
-  stats = train.compute_eloc_stats(config, nets, e_loc_params, images, mesh1)
+  one_device = parallel.DataParallel('shard_map', parallel.make_mesh(jax.devices()[:1]))
+  stats = eloc_stats.compute_eloc_stats(config, nets, e_loc_params, images, one_device)
   state = train.create_train_state(config, trainable, e_loc_params, stats)
   return config, nets, jax.device_get(state), images
 
@@ -189,10 +189,10 @@ def test_cached_eloc_features_train_like_the_live_teacher():
   _, _, host, images = _setup()
   nets = train.gcad.build_nets(config, 17)
   state = train.start_rglo(config, host)
-  features, stats = train.cached_eloc_features(config, nets, state.e_loc_params, images, state.eloc_stats)
+  features, stats = eloc_stats.cached_eloc_features(config, nets, state.e_loc_params, images, state.eloc_stats)
   assert features.shape == (8, 64, 64, config.eloc.d_loc) and features.dtype == np.float32
   _assert_trees_equal(stats, state.eloc_stats)
-  _, fresh = train.cached_eloc_features(config, nets, state.e_loc_params, images)  # stats from one pass
+  _, fresh = eloc_stats.cached_eloc_features(config, nets, state.e_loc_params, images)  # stats from one pass
   _assert_trees_equal(fresh, state.eloc_stats, rtol=1e-4, atol=1e-5)
   mesh = parallel.make_mesh(jax.devices()[:8])
   results = []
@@ -314,7 +314,7 @@ def test_kill_after_a_checkpoint_and_restart_gives_the_uninterrupted_run(tmp_pat
   cached = train_worker.load_config(TINY, {'augment.enabled': False, 'train.cache_eloc': True})
   def no_caching(*args, **kwargs):
     raise AssertionError('E_loc features cached for a scale that is already trained')
-  monkeypatch.setattr(train, 'cached_eloc_features', no_caching)
+  monkeypatch.setattr(eloc_stats, 'cached_eloc_features', no_caching)
   again = train.train(cached, workdir)[17]
   _assert_trees_equal(parallel.unreplicate(again, config.parallel), reference)
 

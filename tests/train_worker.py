@@ -73,17 +73,17 @@ def restore_final(config, workdir, p: int):
 
 
 def _pause_after(step: int, workdir: str):
-  from gcad_jax import train
-  save = train.save_checkpoint
+  from gcad_jax import checkpoints
+  save = checkpoints.save_checkpoint
 
-  def save_then_pause(mngr, state, meta, mode, force=False):
-    save(mngr, state, meta, mode, force)
+  def save_then_pause(mngr, state, meta, par, force=False):
+    save(mngr, state, meta, par, force)
     if meta['step'] == step:
       mngr.wait_until_finished()
       (pathlib.Path(workdir) / 'paused').write_text(str(step))
       time.sleep(3600)
 
-  train.save_checkpoint = save_then_pause
+  checkpoints.save_checkpoint = save_then_pause
 
 
 def _signal_after_log(step: int):
