@@ -2,7 +2,7 @@
 
   python benchmarks/evaluator_speed.py [--work_dir /tmp/gcad_eval_bench] [--num_images 300] [--keep]
 
-Writes a synthetic category in LOCO layout (LOCO_FORMAT.md §2) at the size of pushpins (1700x1000, §3):
+Writes a synthetic category in LOCO layout (docs/data_format.md §2) at the size of pushpins (1700x1000, §3):
 constant RGB PNGs, ground truth of simple shapes (logical: large rectangles with relative 1.0 / 0.5 and
 absolute saturation; structural: small ellipses; some channels overlap), and random-smooth float32 TIFF
 maps (§8). Then times `python -m gcad_jax.evaluate` (exact mode) and, when GCAD_OFFICIAL_EVAL_DIR points at

@@ -1,4 +1,4 @@
-"""Re-scores trained GCAD workdirs under each scoring choice of GCAD.md §8, without retraining.
+"""Re-scores trained GCAD workdirs under each scoring choice of docs/method.md §8, without retraining.
 
   python benchmarks/score_variants.py WORKDIR... [--norms scalar,per_pixel] [--squared no,yes] [--per_scale]
                                       [--fusions sum,max] [--per_defect_type] [--json out.json]
@@ -11,7 +11,7 @@ every (norm, squared) pair is then computed from those branch maps and evaluated
 residual's L2 norm) or 'NORM,squared'. With --fusions sum,max the combined map is also formed as the
 pixelwise maximum of the two normalised branch maps (`score.fusion`), labelled 'NORM,norm,max'. With --per_scale, each scale p is also scored alone under every
 choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). With
---per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (LOCO_FORMAT.md §11.3: the
+--per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (docs/data_format.md §11.3: the
 type's images against all good images): which defects each branch finds. Prints mean image AUROC and
 AUC-sPRO@0.05 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
 """

@@ -1,6 +1,6 @@
 """The GCAD networks, loss and Adam step in PyTorch: the reference that `gcad_jax.bench --torch` runs against.
 
-Same layer lists, widths and shapes as gcad_jax.models for the same config (GCAD.md §3.3 dense E_loc, §4.2
+Same layer lists, widths and shapes as gcad_jax.models for the same config (docs/method.md §3.3 dense E_loc, §4.2
 E_glo, §5 U, §6 the two U-Nets), the loss of Eq. 2–5 ('sum_per_image', §7.2) and the step of §7.5 in stage 2:
 two `torch.optim.Adam(weight_decay=…)` (coupled L2, §7.3). `load_jax_params` copies a gcad_jax parameter tree
 in, so that tests/test_bench.py checks that both sides compute the same loss. Needs only torch and numpy
@@ -21,13 +21,13 @@ PAD_MODES = {'zeros': 'constant', 'reflect': 'reflect', 'edge': 'replicate'}
 
 
 def _layer_list(p: int, first_kernel: int) -> tuple[tuple[int, bool], ...]:
-  """(kernel, pool after it) per conv, as gcad_jax.models.teacher.layer_list (GCAD.md §3.2)."""
+  """(kernel, pool after it) per conv, as gcad_jax.models.teacher.layer_list (docs/method.md §3.2)."""
   return {17: ((6, False), (5, False), (5, False), (4, False)),
           33: ((first_kernel, True), (5, True), (2, False), (4, False))}[p]
 
 
 class DenseTeacher(nn.Module):
-  """E_loc evaluated densely by dilation (GCAD.md §3.3): (B, 3, H, W) → (B, d, H, W)."""
+  """E_loc evaluated densely by dilation (docs/method.md §3.3): (B, 3, H, W) → (B, d, H, W)."""
 
   def __init__(self, p: int, widths, d_out: int, slope: float, final_activation: str, first_kernel: int,
                pad_mode: str):
@@ -64,7 +64,7 @@ class DenseTeacher(nn.Module):
 
 
 class GlobalEncoderDecoder(nn.Module):
-  """E_glo (GCAD.md §4.2): six stride-2 convs, a global context conv, transposed convs with faded skips."""
+  """E_glo (docs/method.md §4.2): six stride-2 convs, a global context conv, transposed convs with faded skips."""
 
   def __init__(self, g, d_glo, enc, dec, slope, image_size):
     super().__init__()
@@ -93,7 +93,7 @@ class GlobalEncoderDecoder(nn.Module):
 
 
 class Upsampler(nn.Module):
-  """U (GCAD.md §5): 1×1 convs d_glo → hidden → hidden → d_out."""
+  """U (docs/method.md §5): 1×1 convs d_glo → hidden → hidden → d_out."""
 
   def __init__(self, d_in, hidden, d_out, slope):
     super().__init__()
@@ -110,7 +110,7 @@ class Upsampler(nn.Module):
 
 
 class UNet(nn.Module):
-  """jvanvugt/pytorch-unet with padding and 'upconv' (GCAD.md §6)."""
+  """jvanvugt/pytorch-unet with padding and 'upconv' (docs/method.md §6)."""
 
   def __init__(self, n_out, depth, wf, in_c=3):
     super().__init__()
@@ -138,7 +138,7 @@ class UNet(nn.Module):
 
 
 def skip_weights(epoch: float, mode: str, end_epoch: float, levels: int) -> list[float]:
-  """(u, v, w, x, y) at `epoch` (GCAD.md §4.3), as gcad_jax.models.global_net.skip_weights."""
+  """(u, v, w, x, y) at `epoch` (docs/method.md §4.3), as gcad_jax.models.global_net.skip_weights."""
   window = end_epoch / levels if mode == 'sequential' else end_epoch
   starts = [(levels - 1 - i) * window if mode == 'sequential' else 0.0 for i in range(levels)]
   if window <= 0:
@@ -147,7 +147,7 @@ def skip_weights(epoch: float, mode: str, end_epoch: float, levels: int) -> list
 
 
 class GCAD(nn.Module):
-  """The five networks at one p and the stage-2 training step of GCAD.md §7.5."""
+  """The five networks at one p and the stage-2 training step of docs/method.md §7.5."""
 
   def __init__(self, config: Any, p: int):
     super().__init__()
@@ -197,7 +197,7 @@ class GCAD(nn.Module):
     return loss.detach()
 
   def anomaly_maps(self, x):
-    """(A_loc, A_glo): per-pixel L2 norms of the residuals, skips at 0 (GCAD.md §8 step 1)."""
+    """(A_loc, A_glo): per-pixel L2 norms of the residuals, skips at 0 (docs/method.md §8 step 1)."""
     with torch.inference_mode():
       f = self.features(x)
       z = self.e_glo(x, [0.0] * self.config.eglo.skip_levels)

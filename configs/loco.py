@@ -1,4 +1,4 @@
-"""The paper's setting on MVTec LOCO AD (GCAD.md §1): 256², 500 epochs, scales (17, 33), batch 16.
+"""The paper's setting on MVTec LOCO AD (docs/method.md §1): 256², 500 epochs, scales (17, 33), batch 16.
 
   python -m gcad_jax.main --config=configs/loco.py:pushpins --workdir=runs/pushpins \
       --config.dataset.manual_dir=/path/to/mvtec_loco_anomaly_detection

@@ -9,7 +9,7 @@ An argument string sets the category, and `short` the demo's shorter schedule (S
 128×128 input, both of the paper's scales (p = 17, 33; maps averaged), the shipped pretrained teachers,
 narrow E_glo and U-Nets, no augmentation, L_glo's gradient into E_glo ramped in over 20 epochs after the stage
 switch, and a shorter schedule than the paper's whose stage switch and skip fade are scaled down with the
-epochs (GCAD.md §7.3, §4.3) at 5x the paper's learning rate. Quality figures and the levers measured: docs/quality.md.
+epochs (docs/method.md §7.3, §4.3) at 5x the paper's learning rate. Quality figures and the levers measured: docs/quality.md.
 """
 
 from gcad_jax import configlib

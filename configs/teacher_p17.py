@@ -1,4 +1,4 @@
-"""Distils the p = 17 E_loc teacher (GCAD.md §3.5, §3.6): T̂ + linear decoder D against EfficientNet-Lite0.
+"""Distils the p = 17 E_loc teacher (docs/method.md §3.5, §3.6): T̂ + linear decoder D against EfficientNet-Lite0.
 
   python -m gcad_jax.main --config=configs/teacher_p17.py --workdir=runs/teacher_p17 --mode=distill \
       --config.teacher.image_dir=/path/to/images
@@ -7,7 +7,7 @@ The paper's target instead (ImageNet + torchvision ResNet-18 weights you downloa
   --config.teacher.target=resnet18 --config.teacher.target_weights=/path/to/resnet18-f37072fd.pth
 Without ml_collections (e.g. on an accelerator machine with only jax/flax/optax/numpy/pillow):
   python -m gcad_jax.distill --p 17 --image_dir /path/to/images --workdir runs/teacher_p17
-The architecture comes from config.eloc (GCAD.md §3.2); the result is runs/teacher_p17/teacher_p17.msgpack,
+The architecture comes from config.eloc (docs/method.md §3.2); the result is runs/teacher_p17/teacher_p17.msgpack,
 usable as config.teacher.init=/path/to/teacher_p17.msgpack.
 """
 

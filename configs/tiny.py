@@ -9,7 +9,7 @@ from gcad_jax import configlib
 
 
 def get_config():
-  """The tiny config (GCAD.md shapes, all widths shrunk)."""
+  """The tiny config (docs/method.md shapes, all widths shrunk)."""
   config = configlib.base_config()
   config.dataset.category = 'synthetic_tray'
   config.dataset.manual_dir = 'data/synthetic'

@@ -1,9 +1,9 @@
-"""The test-split evaluation of a trained GCAD: scoring → export → evaluator → report (GCAD.md §8, §10).
+"""The test-split evaluation of a trained GCAD: scoring → export → evaluator → report (docs/method.md §8, §10).
 
 `run` is called by `train.evaluate` with the final states of every scale. It writes, in the workdir:
 
   score_norm.json                     μ, σ per scale and branch from the validation images (§8 step 2)
-  anomaly_maps/<category>/test/…      combined maps, official layout (LOCO_FORMAT.md §8); with
+  anomaly_maps/<category>/test/…      combined maps, official layout (docs/data_format.md §8); with
   anomaly_maps_{local,global}/…       config.export.branch_maps also each normalised branch alone
   metrics.json                        official keys (combined) + 'variants' (local, global) + 'gcad_jax'
   report.md, plots/                   tables, sPRO and ROC curves, overlays
@@ -95,7 +95,7 @@ def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_d
 
   per_variant = {}
   for variant in scoring.VARIANTS:
-    _say('evaluating the %s maps (exact sPRO, LOCO_FORMAT.md §11)', variant)
+    _say('evaluating the %s maps (exact sPRO, docs/data_format.md §11)', variant)
     # Per defect type too, for every variant: which branch finds what (report.md's per-type table).
     per_variant[variant] = evaluate.evaluate_category(cat_dir, full[variant])
   lap('evaluate')

@@ -5,7 +5,7 @@ r"""The GCAD benchmark: training and inference speed, latency, compile time, mem
   python -m gcad_jax.bench --config=configs/loco.py --scale=33 --dtype=bfloat16 --batch=64 --out=b.json
 
 Measures, after warm-up and over `--reps` repetitions (median and spread), on synthetic random inputs:
-`train` (the full stage-2 step of GCAD.md §7.5: dense E_loc, E_glo, U, R_loc, R_glo, Eq. 2–5, two Adam
+`train` (the full stage-2 step of docs/method.md §7.5: dense E_loc, E_glo, U, R_loc, R_glo, Eq. 2–5, two Adam
 updates), `train_cached` (the same without the E_loc forward, features given: `train.cache_eloc`), `infer`
 (the anomaly maps of §8 step 1) and `latency` (`infer` at batch 1, one blocked call each). Per mode: compile
 time, FLOPs per image from XLA's cost analysis, the achieved FLOP/s and its fraction of the device's stated
@@ -47,7 +47,7 @@ import optax
 from gcad_jax.models import gcad, global_net, teacher, unet
 from gcad_jax.xla_cpu import CPU_XLA_FLAGS, cpuinfo, set_cpu_xla_flags
 
-# The paper's setting (configlib.base_config(); GCAD.md §1, §12), the fields the networks and the step use.
+# The paper's setting (configlib.base_config(); docs/method.md §1, §12), the fields the networks and the step use.
 PAPER = {
     'model': {'init': 'torch_default', 'dtype': 'float32', 'scales': (17, 33)},
     'dataset': {'image_size': (256, 256)},
@@ -139,7 +139,7 @@ def file_config(path: str, scale: int | None, **overrides: Any) -> tuple[Any, in
 
 
 def optimizer(config: Any) -> optax.GradientTransformation:
-  """Adam with coupled L2 (GCAD.md §7.3): the chain of gcad_jax.train.make_optimizer."""
+  """Adam with coupled L2 (docs/method.md §7.3): the chain of gcad_jax.train.make_optimizer."""
   o = config.optim
   return optax.chain(optax.add_decayed_weights(o.weight_decay),
                      optax.adam(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps))
@@ -159,7 +159,7 @@ def make_state(config: Any, nets: gcad.GCADNets, key: jax.Array) -> tuple[dict, 
 
 def train_step(state: dict, frozen: dict, x: jnp.ndarray, f: jnp.ndarray | None = None, *, nets: gcad.GCADNets,
                config: Any, steps_per_epoch: int = 100) -> tuple[dict, jnp.ndarray]:
-  """The stage-2 step of gcad_jax.train.train_step (GCAD.md §7.5) on one device, without augmentation.
+  """The stage-2 step of gcad_jax.train.train_step (docs/method.md §7.5) on one device, without augmentation.
 
   `f` given: E_loc features cached (`train.cache_eloc`), so E_loc is not evaluated.
   """
@@ -189,7 +189,7 @@ def train_step(state: dict, frozen: dict, x: jnp.ndarray, f: jnp.ndarray | None 
 
 
 def infer(state: dict, frozen: dict, x: jnp.ndarray, *, nets: gcad.GCADNets) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(A_loc, A_glo) of GCAD.md §8 step 1 (E_loc, R_loc, E_glo with skips at 0, R_glo)."""
+  """(A_loc, A_glo) of docs/method.md §8 step 1 (E_loc, R_loc, E_glo with skips at 0, R_glo)."""
   return gcad.anomaly_maps(nets, state['params'], frozen['e_loc'], frozen['stats'], x)
 
 

@@ -1,6 +1,6 @@
 """Checkpoints of one scale: Orbax save and restore, CRC32 checksums, quarantine, pre-emption (SIGTERM).
 
-GCAD.md §7.3, issue 7 and docs/reliability.md. Each scale's folder holds
+docs/method.md §7.3, issue 7 and docs/reliability.md. Each scale's folder holds
 
   p<p>/checkpoints/<step>/{state,meta}   Orbax: the TrainState (StandardSave) + the JSON data position
   p<p>/corrupt_checkpoints/<step>-<time> a checkpoint that failed to decode, read or match its CRC32
@@ -63,7 +63,7 @@ def check_checkpoint(config, scale_dir: epath.Path, meta: dict, shapes: dict, st
 
 
 def checkpoint_manager(config, scale_dir: epath.Path, cleanup: bool = False) -> ocp.CheckpointManager:
-  """Orbax manager of one scale: state (StandardSave) + JSON data position (GCAD.md §7.3, issue item 4).
+  """Orbax manager of one scale: state (StandardSave) + JSON data position (docs/method.md §7.3, issue item 4).
 
   Orbax writes a step under `<step>.orbax-checkpoint-tmp-*` and renames it to `<step>` once every file is
   written, so a save that was killed is never listed (docs/reliability.md). `cleanup` (the training process
@@ -150,7 +150,7 @@ def _check_finite_state(mngr, item, meta: dict) -> None:
 
 def check_finite_losses(p: int, accumulated, interval: list, done: int, par: parallel.DataParallel, mngr,
                         terms: tuple[str, ...]) -> None:
-  """Raises NonFiniteError naming the first step and term of `interval` that is NaN or inf (GCAD.md §7.2).
+  """Raises NonFiniteError naming the first step and term of `interval` that is NaN or inf (docs/method.md §7.2).
 
   One host sync (the interval's sum; a NaN anywhere propagates into it), called at each log and save.
   """
@@ -166,7 +166,7 @@ def check_finite_losses(p: int, accumulated, interval: list, done: int, par: par
   mngr.wait_until_finished()
   raise NonFiniteError(
       f'p{p}: the loss term {bad[0]} is {float(values[bad[0]])} at step {step} '
-      f'({", ".join(f"{k}={float(values[k])}" for k in bad)}; GCAD.md §7.2); training stopped. Nothing was '
+      f'({", ".join(f"{k}={float(values[k])}" for k in bad)}; docs/method.md §7.2); training stopped. Nothing was '
       f'saved after the last good checkpoint (step {mngr.latest_step()}) in {mngr.directory}. Lower '
       'config.optim.learning_rate or check the data, then rerun the same command to resume from it.')
 

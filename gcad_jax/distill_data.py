@@ -1,4 +1,4 @@
-"""The data of teacher distillation: natural images, p×p crops, and their targets cached once (GCAD.md §3.5).
+"""The data of teacher distillation: natural images, p×p crops, and their targets cached once (docs/method.md §3.5).
 
 * `ImageBank`: every image decoded and resized once (shorter side `imagenet_resize`) into an .npz cache.
 * A fixed split of the images: every `heldout_every`-th image (sorted by path) is held out; its crops serve
@@ -154,7 +154,7 @@ def _backbone(target: str, target_weights: str):
 
 
 def pooled_target_fn(target: str, target_weights: str, target_input_size: int) -> Callable:
-  """features(uint8-valued float crops (B, h, w, 3)) → (B, dim): the paper's pooled target (GCAD.md §3.5)."""
+  """features(uint8-valued float crops (B, h, w, 3)) → (B, dim): the paper's pooled target (docs/method.md §3.5)."""
   backbone, model, variables = _backbone(target, target_weights)
 
   def features(crops_0_255: jnp.ndarray) -> jnp.ndarray:

@@ -1,4 +1,4 @@
-"""E_loc's per-channel feature statistics μ_c, σ_c and the cached standardised features (GCAD.md §3.4, §7.5).
+"""E_loc's per-channel feature statistics μ_c, σ_c and the cached standardised features (docs/method.md §3.4, §7.5).
 
 E_loc is frozen: its dense features of the un-augmented training images are standardised with statistics
 over all their pixels, computed once per scale before training (`compute_eloc_stats`, streamed over the
@@ -18,7 +18,7 @@ from gcad_jax.models import gcad, teacher
 
 
 def eloc_moments_step(e_loc_params, images, mask, *, nets, config):
-  """Per-channel moments of the raw dense E_loc features of the un-augmented images (GCAD.md §3.4)."""
+  """Per-channel moments of the raw dense E_loc features of the un-augmented images (docs/method.md §3.4)."""
   x = input_pipeline.preprocess(jax.random.PRNGKey(config.seed), images, config, False)
   d = config.eloc.d_loc
   identity = {'mean': jnp.zeros((d,), jnp.float32), 'std': jnp.ones((d,), jnp.float32)}
@@ -29,7 +29,7 @@ def eloc_moments_step(e_loc_params, images, mask, *, nets, config):
 
 
 def compute_eloc_stats(config, nets, e_loc_params, images_uint8, par: parallel.DataParallel) -> dict:
-  """μ_c, σ_c over all pixels of all un-augmented training images, streamed in batches (GCAD.md §3.4)."""
+  """μ_c, σ_c over all pixels of all un-augmented training images, streamed in batches (docs/method.md §3.4)."""
   fn = functools.partial(eloc_moments_step, nets=nets, config=config)
   total, total_sq, count = par.map_over_all(fn, par.replicate(e_loc_params), images_uint8,
                                             config.train.batch_size)
@@ -38,7 +38,7 @@ def compute_eloc_stats(config, nets, e_loc_params, images_uint8, par: parallel.D
 
 
 def cached_eloc_features(config, nets, e_loc_params, images_uint8, stats=None) -> tuple[np.ndarray, dict]:
-  """(f of every un-augmented training image, stats): E_loc run once (`train.cache_eloc`, GCAD.md §7.5).
+  """(f of every un-augmented training image, stats): E_loc run once (`train.cache_eloc`, docs/method.md §7.5).
 
   E_loc is frozen and, without augmentation, sees the same images every epoch, so its dense forward (the
   most expensive network, §9) need not run in every step. With `stats=None` (a fresh run) μ_c, σ_c come

@@ -1,6 +1,6 @@
 """The standalone evaluator: the official script's inputs and metrics.json, computed exactly.
 
-LOCO_FORMAT.md §8 (map layout), §9 (what is computed), §11 (exact mode, explicit thresholds, input checks).
+docs/data_format.md §8 (map layout), §9 (what is computed), §11 (exact mode, explicit thresholds, input checks).
 It reads files only and knows nothing of the model, so it scores any method's maps (found, read and
 checked by `export`, which also writes them; pools and summary thresholds from `metrics.pools`):
 
@@ -91,11 +91,11 @@ def _score_image(record: layout.ImageRecord, source: export.MapSource, cat_dir: 
       raise layout.LocoFormatError(
           f'{channel.path}: saturation area s = floor({defect.saturation_threshold} x {area} px) = {s} for '
           f'defect {defect.defect_name!r}; s must be >= 1 (the official script divides by zero here). Raise '
-          'the relative saturation_threshold or use an absolute one in defects_config.json (§6)')
+          'the relative saturation_threshold or use an absolute one in defects_config.json (docs/data_format.md §6)')
     if not defect.relative_saturation and defect.saturation_threshold > area:
       notes.append(
           f'{channel.path}: defect {defect.defect_name!r} has an absolute saturation_threshold of '
-          f'{defect.saturation_threshold} px but the channel has only {area} px; s = {area} is used (§6)')
+          f'{defect.saturation_threshold} px but the channel has only {area} px; s = {area} is used (docs/data_format.md §6)')
     scored.append(_Channel(channel.path, defect, area, spro.channel_events(scores, mask, s)))
   return _ScoredImage(record, float(scores.max()), negatives, scored, notes)
 
@@ -330,7 +330,7 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: export.Maps
   auc_roc, auc_roc_std, differs = _image_aurocs(images)
 
   extras = {
-      'evaluator': 'gcad_jax.evaluate (LOCO_FORMAT.md §11)',
+      'evaluator': 'gcad_jax.evaluate (docs/data_format.md §11)',
       'category': cat_dir.name,
       'dataset_category_dir': str(cat_dir),
       'anomaly_maps': source.description,
@@ -390,7 +390,7 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m gcad_jax.evaluate',
       description='Exact sPRO / AUROC evaluation of anomaly maps in the MVTec LOCO AD layout '
-                  '(the official script\'s inputs and metrics.json; LOCO_FORMAT.md §11).')
+                  '(the official script\'s inputs and metrics.json; docs/data_format.md §11).')
   parser.add_argument('--dataset_base_dir', required=True, help='folder holding the category folders')
   parser.add_argument('--anomaly_maps_dir', required=True,
                       help='maps in <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff')

@@ -1,4 +1,4 @@
-"""Anomaly maps in the official layout: written atomically with a pre-flight check, found and read back (LOCO_FORMAT.md §8).
+"""Anomaly maps in the official layout: written atomically with a pre-flight check, found and read back (docs/data_format.md §8).
 
   <root>/<category>/test/<good|logical_anomalies|structural_anomalies>/<stem>.tiff   2-D float32, original size
   <root>/.complete.json                                                            written last
@@ -42,17 +42,17 @@ def check_map(array: Any, where: str, size_hw: Sequence[int] | None = None) -> n
   """A finite 2-D float32 map of the image's (H, W); refuses anything else, naming `where` (§8.4–§8.7)."""
   array = np.asarray(array)
   if array.ndim != 2:
-    raise layout.LocoFormatError(f'{where}: map of shape {array.shape}; write a 2-D (H, W) array (§8.4)')
+    raise layout.LocoFormatError(f'{where}: map of shape {array.shape}; write a 2-D (H, W) array (docs/data_format.md §8.4)')
   if array.dtype != np.float32:
-    raise layout.LocoFormatError(f'{where}: map of dtype {array.dtype}; write float32 (§8.5)')
+    raise layout.LocoFormatError(f'{where}: map of dtype {array.dtype}; write float32 (docs/data_format.md §8.5)')
   if size_hw is not None and tuple(array.shape) != tuple(int(s) for s in size_hw):
     raise layout.LocoFormatError(
         f'{where}: map is {array.shape} (H, W) but its image is {tuple(size_hw)}; upsample to the original '
-        'size (§8.4, GCAD.md §8 step 4)')
+        'size (docs/data_format.md §8.4, docs/method.md §8 step 4)')
   if not np.all(np.isfinite(array)):
     raise layout.LocoFormatError(
         f'{where}: map holds {int(np.isnan(array).sum())} NaN and {int(np.isinf(array).sum())} infinite '
-        'values; maps must be finite (§8.7). Check the normalisation statistics (score_norm.json)')
+        'values; maps must be finite (docs/data_format.md §8.7). Check the normalisation statistics (score_norm.json)')
   return array
 
 
@@ -116,7 +116,7 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
     raise layout.LocoFormatError(
         f'maps for {category} do not match the test images of {dataset_category_dir}: missing {missing[:5]}'
         f'{"…" if len(missing) > 5 else ""}, without a test image {extra[:5]}; every test image, good ones '
-        'included, needs exactly one map (LOCO_FORMAT.md §8.1)')
+        'included, needs exactly one map (docs/data_format.md §8.1)')
   root.parent.mkdir(parents=True, exist_ok=True)
   tmp_root = root.parent / f'.{root.name}.tmp-{os.getpid()}'
   if tmp_root.exists():
@@ -140,18 +140,18 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
     value, fraction = plateau.largest()
     if fraction >= PLATEAU_FRACTION:
       notes.append(f'{category}: the score {value!r} covers {fraction:.1%} of the pooled pixels (≥ 1/49): the '
-                   'official script may fail its uniqueness assertion (LOCO_FORMAT.md §10.1); gcad_jax.evaluate '
+                   'official script may fail its uniqueness assertion (docs/data_format.md §10.1); gcad_jax.evaluate '
                    'is unaffected')
     if magnitude > MAX_MAGNITUDE:
       notes.append(f'{category}: |score| reaches {magnitude:.3g} > {MAX_MAGNITUDE:g}: run the official script '
-                   'under NumPy 1.x (LOCO_FORMAT.md §10.2)')
+                   'under NumPy 1.x (docs/data_format.md §10.2)')
     for note in notes:
       warnings.warn(note, ExportWarning, stacklevel=2)
     marker = {'category': category, 'dataset_category_dir': str(dataset_category_dir),
               'num_maps': len(records), 'size_hw': list(size_hw) if size_hw else None, 'dtype': 'float32',
               'largest_value_fraction': fraction, 'max_abs_score': magnitude, 'warnings': notes,
               'image_scores': scores, 'seconds': round(time.perf_counter() - started, 3),
-              'spec': 'LOCO_FORMAT.md §8', **dict(description or {})}
+              'spec': 'docs/data_format.md §8', **dict(description or {})}
     (tmp_root / MARKER).write_text(json.dumps(marker, indent=1, sort_keys=True))
     _replace_dir(tmp_root, root)
   except BaseException:
@@ -208,7 +208,7 @@ MapsArg = str | os.PathLike | Mapping[str, Any]
 
 def find_map_files(maps_category_dir: str | os.PathLike,
                    records: Sequence[layout.ImageRecord]) -> dict[str, pathlib.Path]:
-  """{image_id: map path} for `<maps>/<category>/test/<kind>/<stem>.tiff` (LOCO_FORMAT.md §8).
+  """{image_id: map path} for `<maps>/<category>/test/<kind>/<stem>.tiff` (docs/data_format.md §8).
 
   Refuses entries under test/ other than the three kind folders, two maps with one stem, and maps without a
   test image. Files with other suffixes are ignored, as by the official script.
@@ -217,7 +217,7 @@ def find_map_files(maps_category_dir: str | os.PathLike,
   if not test_dir.is_dir():
     raise layout.LocoFormatError(
         f'{test_dir} is missing; maps go to <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff '
-        '(LOCO_FORMAT.md §8)')
+        '(docs/data_format.md §8)')
   unexpected = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith('.') and p.name not in KINDS)
   if unexpected:
     raise layout.LocoFormatError(
@@ -301,7 +301,7 @@ def split_missing(source: MapSource, records: Sequence[layout.ImageRecord], allo
     shown = ', '.join(missing[:10]) + (f' … ({len(missing)} in all)' if len(missing) > 10 else '')
     raise layout.LocoFormatError(
         f'{source.description} has no map for {shown}; every test image, good ones included, needs exactly '
-        'one map (§8.1). Write the missing maps, or pass --allow_missing to leave those images out')
+        'one map (docs/data_format.md §8.1). Write the missing maps, or pass --allow_missing to leave those images out')
   return [r for r in records if r.image_id in available], missing
 
 
@@ -313,18 +313,18 @@ def check_map_scores(arr: np.ndarray, where: str, record: layout.ImageRecord,
   """
   if arr.ndim != 2:
     raise layout.LocoFormatError(
-        f'{where} has shape {arr.shape}; a map is a 2-D (H, W) array, not (H, W, 1) or (1, H, W) (§8.4)')
+        f'{where} has shape {arr.shape}; a map is a 2-D (H, W) array, not (H, W, 1) or (1, H, W) (docs/data_format.md §8.4)')
   if arr.dtype.kind not in 'biuf':
     raise layout.LocoFormatError(f'{where} has dtype {arr.dtype}; a map holds real scores (write float32)')
   if arr.shape != size_hw:
     raise layout.LocoFormatError(
         f'{where} is {arr.shape[1]}x{arr.shape[0]} (WxH) but its image {record.path} is '
-        f'{size_hw[1]}x{size_hw[0]}; write maps at the original image size (§3, §8.4)')
+        f'{size_hw[1]}x{size_hw[0]}; write maps at the original image size (docs/data_format.md §3, §8.4)')
   scores = arr.astype(spro.score_dtype(arr.dtype), copy=False)
   if scores.dtype.kind == 'f':
     lo, hi = scores.min(), scores.max()
     if not (np.isfinite(lo) and np.isfinite(hi)):
       nan, inf = int(np.isnan(scores).sum()), int(np.isinf(scores).sum())
       raise layout.LocoFormatError(
-          f'{where} holds {nan} NaN and {inf} infinite values; maps must be finite (§8.7)')
+          f'{where} holds {nan} NaN and {inf} infinite values; maps must be finite (docs/data_format.md §8.7)')
   return scores

@@ -1,8 +1,8 @@
 """TFDS → resized uint8 arrays on the host → augmented, normalised float batches on the devices.
 
 The data sets are small (a few hundred images per category), so each split is decoded and resized once
-into memory; epochs are deterministic index permutations of it (GCAD.md §12 #22), and augmentation plus
-normalisation (GCAD.md §7.4, §3.4) are pure JAX functions that run inside the jit-compiled per-device
+into memory; epochs are deterministic index permutations of it (docs/method.md §12 #22), and augmentation plus
+normalisation (docs/method.md §7.4, §3.4) are pure JAX functions that run inside the jit-compiled per-device
 train step on the uint8 batch.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from tfds_loco import layout
 
-# ImageNet statistics (GCAD.md §3.4): every network gets the same normalised image.
+# ImageNet statistics (docs/method.md §3.4): every network gets the same normalised image.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LABELS = layout.KINDS  # label index -> kind of image, as the TFDS builder stores it
@@ -42,7 +42,7 @@ class SplitData:
 
 
 def resize(images: jax.Array, size: Sequence[int], method: str = 'bilinear_antialias') -> jax.Array:
-  """Bilinear resize of (..., H, W[, C]) to `size` = (H', W'), half-pixel centres (GCAD.md §12 #15, #25).
+  """Bilinear resize of (..., H, W[, C]) to `size` = (H', W'), half-pixel centres (docs/method.md §12 #15, #25).
 
   `bilinear_antialias` widens the kernel when shrinking (area-like); when enlarging both methods agree.
   The aspect ratio is not kept.
@@ -163,11 +163,11 @@ def epoch_batches(num_examples: int, global_batch_size: int, seed: int, epoch: i
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Augmentation and normalisation (pure JAX; GCAD.md §7.4, §3.4).
+# Augmentation and normalisation (pure JAX; docs/method.md §7.4, §3.4).
 
 
 def normalize(images: jax.Array) -> jax.Array:
-  """[0, 1] RGB → ImageNet-normalised (GCAD.md §3.4)."""
+  """[0, 1] RGB → ImageNet-normalised (docs/method.md §3.4)."""
   mean = jnp.asarray(IMAGENET_MEAN, images.dtype)
   std = jnp.asarray(IMAGENET_STD, images.dtype)
   return (images - mean) / std
@@ -204,7 +204,7 @@ def _jitter(images: jax.Array, factors: jax.Array) -> jax.Array:
 
 def augment(rng: jax.Array, images: jax.Array, *, hflip: bool, vflip: bool, flip_prob: float = 0.5,
             rotate_deg: float = 3.0, jitter: float = 0.2, fill: str = 'edge') -> jax.Array:
-  """GCAD.md §7.4 on a (B, H, W, 3) float batch in [0, 1]: flip → rotate → jitter, per image."""
+  """docs/method.md §7.4 on a (B, H, W, 3) float batch in [0, 1]: flip → rotate → jitter, per image."""
   batch = images.shape[0]
   k_h, k_v, k_rot, k_jit = jax.random.split(rng, 4)
   if hflip:

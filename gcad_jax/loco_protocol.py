@@ -1,4 +1,4 @@
-"""The paper's protocol in one command: every category × seed, then Tables 3, 5 and 6 (GCAD.md §10.1).
+"""The paper's protocol in one command: every category × seed, then Tables 3, 5 and 6 (docs/method.md §10.1).
 
   ./run.sh loco MANUAL_DIR [WORKDIR] [--seeds 0,1,2]
   python -m gcad_jax.loco_protocol MANUAL_DIR [WORKDIR] [--seeds 0,1,2] [--categories a,b]
@@ -6,7 +6,7 @@
 
 For each seed s and category c (default: the five real categories, which must all be in MANUAL_DIR), runs
 `--mode=train_and_eval` of `--config` (default configs/loco.py: 256², 500 epochs, both scales p = 17, 33,
-fused, GCAD.md §8 step 3) into WORKDIR/seed<s>/<c>, then writes WORKDIR/report.md: the tables of
+fused, docs/method.md §8 step 3) into WORKDIR/seed<s>/<c>, then writes WORKDIR/report.md: the tables of
 `gcad_jax.report` over all finished runs, mean ± std over seeds, the paper's GCAD figures beside ours.
 
 Resumable: a finished run (WORKDIR/seed<s>/<c>/protocol_done.json) is skipped; an interrupted one resumes
@@ -243,7 +243,7 @@ def write_report(workdir: pathlib.Path, runs: Sequence[Run], settings: dict,
   from gcad_jax import report  # pylint: disable=g-import-not-at-top
   done = [r for r in runs if is_done(r)]
   overrides = ', '.join(f'`{o}`' for o in settings['overrides']) or 'none'
-  lines = ['# GCAD on MVTec LOCO AD: the paper protocol (GCAD.md §10.1)', '',
+  lines = ['# GCAD on MVTec LOCO AD: the paper protocol (docs/method.md §10.1)', '',
            f'Config `{settings["config"]}`, overrides {overrides}; seeds {settings["seeds"]}; data '
            f'`{settings["manual_dir"]}`. Each run: `{workdir}/seed<s>/<category>/` (metrics.json, '
            'report.md, anomaly_maps/, plots/).', '']
@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('manual_dir', help='the extracted MVTec LOCO AD root (holds breakfast_box/, ...)')
   parser.add_argument('workdir', nargs='?', default='runs/loco', help='where the runs go (default runs/loco)')
   parser.add_argument('--seeds', default='0,1,2',
-                      help='comma-separated seeds (default 0,1,2: GCAD.md §7.3 asks for at least 3)')
+                      help='comma-separated seeds (default 0,1,2: docs/method.md §7.3 asks for at least 3)')
   parser.add_argument('--categories', default=None, help='comma-separated (default: the five real ones)')
   parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'config file (default {DEFAULT_CONFIG})')
   parser.add_argument('--config_override', action='append', default=[], metavar='KEY=VALUE',

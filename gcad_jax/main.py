@@ -2,7 +2,7 @@
 
 Flags: --config (a config file, optionally `file.py:argument`, plus `--config.a.b=value` overrides),
 --workdir, --mode=train|eval|train_and_eval|distill (distill: E_loc teacher pretraining with
-configs/teacher_p*.py, GCAD.md §3.5), --distributed (multi-host: `jax.distributed.initialize()`).
+configs/teacher_p*.py, docs/method.md §3.5), --distributed (multi-host: `jax.distributed.initialize()`).
 """
 
 from absl import app, flags, logging
@@ -23,7 +23,7 @@ def main(argv):
     raise app.UsageError(f'Too many command-line arguments: {argv[1:]}')
   summaries.quiet_library_logs()  # One progress line per log interval; the rest at --verbosity=1.
   xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
-  if FLAGS.mode == 'distill':  # teacher pretraining (GCAD.md §3.5); needs only config.teacher and config.eloc
+  if FLAGS.mode == 'distill':  # teacher pretraining (docs/method.md §3.5); needs only config.teacher and config.eloc
     from gcad_jax import distill  # pylint: disable=g-import-not-at-top
     distill.distill(FLAGS.config, FLAGS.workdir)
     return

@@ -1,6 +1,6 @@
 """The device mesh and the mapping of a per-device step over it: the one place that knows devices.
 
-GCAD.md §13: a train step is written per device, with an explicit `lax.pmean(grads, 'data')`, and mapped
+docs/method.md §13: a train step is written per device, with an explicit `lax.pmean(grads, 'data')`, and mapped
 over a one-axis mesh named `data` with `jax.shard_map` inside `jax.jit` (batch `P('data')`, state `P()`),
 or with `jax.pmap` of the same function (`config.parallel = 'pmap'`). The helpers below hide the one
 difference between the two: under pmap the state carries a leading axis of local devices.
@@ -36,7 +36,7 @@ def maybe_initialize_distributed(config, force: bool = False) -> None:
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A one-axis mesh named `data` over all devices of all processes (GCAD.md §13)."""
+  """A one-axis mesh named `data` over all devices of all processes (docs/method.md §13)."""
   devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), (AXIS,))
 

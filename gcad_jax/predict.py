@@ -1,9 +1,9 @@
-"""Anomaly maps and scores for new images with a trained workdir (GCAD.md §8).
+"""Anomaly maps and scores for new images with a trained workdir (docs/method.md §8).
 
   python -m gcad_jax.predict --workdir W --images DIR --out OUT
 
 writes OUT/maps/<stem>.tiff (2-D float32 at the image's size), OUT/overlays/<stem>.png and OUT/scores.csv
-(image, score = map maximum, GCAD.md §8 step 6; with a threshold also threshold and anomalous = score >
+(image, score = map maximum, docs/method.md §8 step 6; with a threshold also threshold and anomalous = score >
 threshold). Python:
 
   model = gcad_jax.predict.load(W)          # or gcad_jax.load(W)
@@ -12,7 +12,7 @@ threshold). Python:
 
 Uses W/config.json, each scale's latest checkpoint and W/score_norm.json (written by --mode=eval). The
 threshold (--threshold auto, the default) is W/threshold.json, else chosen on the validation images of the
-workdir's data set (all good, GCAD.md §8 step 2's images): the --threshold_quantile of their image scores,
+workdir's data set (all good, docs/method.md §8 step 2's images): the --threshold_quantile of their image scores,
 1.0 = their maximum (no validation image flagged); without the data set, scores.csv has no threshold.
 Any batch size works: batches the devices do not divide are padded and the padding dropped (scoring.py).
 """

@@ -2,9 +2,9 @@
 
   python -m gcad_jax.report W [W ...]
 
-prints GCAD.md §10.1's Tables 3, 5 and 6 for the given workdirs (one category each; several workdirs of one
+prints docs/method.md §10.1's Tables 3, 5 and 6 for the given workdirs (one category each; several workdirs of one
 category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
-evaluator (LOCO_FORMAT.md §9, §11); this module only arranges and draws them.
+evaluator (docs/data_format.md §9, §11); this module only arranges and draws them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ KINDS = layout.ANOMALY_KINDS[::-1]  # structural first, as the paper's tables
 SHORT = {'structural_anomalies': 'structural', 'logical_anomalies': 'logical', 'mean': 'mean'}
 LIMIT = '0.05'
 REPORT_FILE = 'report.md'
-# GCAD.md §10.1 [P]: Table 3 (AUC-sPRO@0.05 per category), Tables 5 and 6 (means over the categories).
+# docs/method.md §10.1 [P]: Table 3 (AUC-sPRO@0.05 per category), Tables 5 and 6 (means over the categories).
 PAPER_TABLE3 = {'breakfast_box': 0.502, 'screw_bag': 0.558, 'pushpins': 0.739, 'splicing_connectors': 0.798,
                 'juice_bottle': 0.910, 'mean': 0.701}
 PAPER_TABLE5 = {'structural': 0.692, 'logical': 0.711, 'mean': 0.701}
@@ -129,7 +129,7 @@ def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str
             '| ' + ' | '.join(spro) + ' |', '|' + '---:|' * len(spro),
             '| ' + ' | '.join(_fmt(v) for v in spro.values()) + ' |', '',
             'Plots: `plots/spro_curves.png`, `plots/roc_curves.png`; overlays in `plots/overlays/`. '
-            'Evaluator: exact mode of `gcad_jax.evaluate` (LOCO_FORMAT.md §11).']
+            'Evaluator: exact mode of `gcad_jax.evaluate` (docs/data_format.md §11).']
   return '\n'.join(lines) + '\n'
 
 
@@ -295,7 +295,7 @@ def load_runs(workdirs: Iterable) -> dict[str, list[dict]]:
 
 
 def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
-  """Tables 3, 5 and 6 (GCAD.md §10.1) of ours (mean ± std over seeds) beside the paper's GCAD row."""
+  """Tables 3, 5 and 6 (docs/method.md §10.1) of ours (mean ± std over seeds) beside the paper's GCAD row."""
   categories = sorted(runs)
   seeds = {len(v) for v in runs.values()}
   aligned = len(seeds) == 1  # the same number of seeds everywhere: a per-seed dataset mean, then its std

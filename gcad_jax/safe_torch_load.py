@@ -1,6 +1,6 @@
 """Reads PyTorch checkpoint files into numpy arrays without torch and without running pickled code.
 
-Used to convert pretrained target networks for teacher distillation (GCAD.md §3.5, §3.6). Both on-disk
+Used to convert pretrained target networks for teacher distillation (docs/method.md §3.5, §3.6). Both on-disk
 formats are handled: the legacy one (a stream of pickles, storages appended raw) and the zip one
 (`archive/data.pkl` plus one file per storage). The unpickler resolves only the globals a tensor state dict
 needs (`torch._utils._rebuild_tensor_v2`, `collections.OrderedDict`, the storage types) and refuses every

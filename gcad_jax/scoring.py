@@ -1,4 +1,4 @@
-"""Scoring (GCAD.md §8): branch maps, validation normalisation, scale fusion, upsampling, image scores.
+"""Scoring (docs/method.md §8): branch maps, validation normalisation, scale fusion, upsampling, image scores.
 
 Pure functions over arrays at the core; `score_split` is the one driver. The maps of one split are kept at
 network size, normalised, (N, h, w); `FullResMaps` upsamples one image at a time to its original size, so a
@@ -99,7 +99,7 @@ def norm_stats(a_loc: np.ndarray, a_glo: np.ndarray, mode: str = 'scalar') -> di
     a = np.asarray(a, np.float64)
     mean, std = a.mean(axis=axis), a.std(axis=axis)
     if np.any(std <= 0) or not np.all(np.isfinite(std)):
-      raise ValueError(f'the validation maps of branch {name} have std {np.min(std)}; cannot normalise (§8 '
+      raise ValueError(f'the validation maps of branch {name} have std {np.min(std)}; cannot normalise (docs/method.md §8 '
                        'step 2). Are the validation images all identical, or the weights broken?')
     stats[name] = {'mean': mean, 'std': std}
   return stats
@@ -206,7 +206,7 @@ def score_split(config, models: Mapping[int, tuple], val_images: np.ndarray, dat
 
 
 def stats_to_json(stats: Mapping[int, dict], config) -> dict:
-  out = {'norm': config.score.norm, 'squared': bool(config.score.squared), 'spec': 'GCAD.md §8 step 2',
+  out = {'norm': config.score.norm, 'squared': bool(config.score.squared), 'spec': 'docs/method.md §8 step 2',
          'scales': {}}
   for p, s in stats.items():
     out['scales'][str(p)] = {b: {k: np.asarray(v).tolist() for k, v in s[b].items()} for b in BRANCHES}
@@ -231,5 +231,5 @@ def save_norm_stats(stats: Mapping[int, dict], config, workdir) -> pathlib.Path:
 def load_norm_stats(workdir) -> dict[int, dict]:
   path = pathlib.Path(workdir) / NORM_FILE
   if not path.is_file():
-    raise FileNotFoundError(f'{path} is missing; run --mode=eval once to compute the normalisation (§8)')
+    raise FileNotFoundError(f'{path} is missing; run --mode=eval once to compute the normalisation (docs/method.md §8)')
   return stats_from_json(json.loads(path.read_text()))

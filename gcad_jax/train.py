@@ -1,6 +1,6 @@
 """GCAD training: train state, per-device train and eval steps, the loop, its logging and validation losses.
 
-GCAD.md §7 (losses, staging, optimiser), §3.4 (E_loc statistics), §4.3 (skip fade), §13 (JAX mapping).
+docs/method.md §7 (losses, staging, optimiser), §3.4 (E_loc statistics), §4.3 (skip fade), §13 (JAX mapping).
 One full model per receptive field p in `config.model.scales`, trained one after the other in the same run,
 each with its own state and its own folder `workdir/p17`, `workdir/p33`:
 
@@ -34,14 +34,14 @@ from absl import logging
 from gcad_jax import checkpoints, configlib, eloc_stats, input_pipeline, parallel, run_info, summaries
 from gcad_jax.models import gcad, global_net, teacher_weights
 
-MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (GCAD.md §7.3, stage 1)
+MAIN = ('e_glo', 'u', 'r_loc')  # optimised from step 0 (docs/method.md §7.3, stage 1)
 RGLO = 'r_glo'  # optimised from train.rglo_start_epoch on, with its own optimiser state
 LOSSES = ('l_loc', 'l_kd', 'l_glo', 'total')
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything one scale's training carries from step to step (GCAD.md §7.3, §13).
+  """Everything one scale's training carries from step to step (docs/method.md §7.3, §13).
 
   E_loc's parameters and statistics are frozen and live outside both optimiser states;
   `opt_state_rglo` is None until the stage switch, so R_glo's Adam count starts at its first update.
@@ -55,14 +55,14 @@ class TrainState:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with coupled L2, as PyTorch `Adam(weight_decay=…)` (GCAD.md §7.3, not AdamW)."""
+  """Adam with coupled L2, as PyTorch `Adam(weight_decay=…)` (docs/method.md §7.3, not AdamW)."""
   o = config.optim
   return optax.chain(optax.add_decayed_weights(o.weight_decay),
                      optax.adam(o.learning_rate, b1=o.b1, b2=o.b2, eps=o.eps))
 
 
 def learning_rate_factor(config: ml_collections.ConfigDict, step, total_steps: int):
-  """lr(step) / optim.learning_rate: 1 for 'constant' (GCAD.md §7.3, §12 #19), else 'cosine' from 1 to 0.
+  """lr(step) / optim.learning_rate: 1 for 'constant' (docs/method.md §7.3, §12 #19), else 'cosine' from 1 to 0.
 
   The cosine [I] is a function of the global step, so R_glo, which joins later, follows the same curve.
   Works traced and on the host.
@@ -74,7 +74,7 @@ def learning_rate_factor(config: ml_collections.ConfigDict, step, total_steps: i
 
 
 def create_train_state(config, trainable, e_loc_params, eloc_stats) -> TrainState:
-  """Stage-1 state: the optimiser state for {E_glo, U, R_loc} only (GCAD.md §7.3)."""
+  """Stage-1 state: the optimiser state for {E_glo, U, R_loc} only (docs/method.md §7.3)."""
   tx = make_optimizer(config)
   return TrainState(step=jnp.zeros((), jnp.int32), params=trainable,
                     opt_state_main=tx.init({k: trainable[k] for k in MAIN}), opt_state_rglo=None,
@@ -82,17 +82,17 @@ def create_train_state(config, trainable, e_loc_params, eloc_stats) -> TrainStat
 
 
 def start_rglo(config, state: TrainState) -> TrainState:
-  """The stage switch (GCAD.md §7.3): R_glo gets a fresh optimiser state, Adam count 0."""
+  """The stage switch (docs/method.md §7.3): R_glo gets a fresh optimiser state, Adam count 0."""
   return state.replace(opt_state_rglo=make_optimizer(config).init(state.params[RGLO]))
 
 
 def fractional_epoch(step, steps_per_epoch: int):
-  """e = step / steps_per_epoch (GCAD.md §4.3, §7.3); works traced and on the host."""
+  """e = step / steps_per_epoch (docs/method.md §4.3, §7.3); works traced and on the host."""
   return step / steps_per_epoch
 
 
 def skip_weights(config, epoch):
-  """The five E_glo skip weights at fractional epoch `epoch` (GCAD.md §4.3)."""
+  """The five E_glo skip weights at fractional epoch `epoch` (docs/method.md §4.3)."""
   fade = config.eglo.skip_fade
   return global_net.skip_weights(epoch, mode=fade.mode, end_epoch=fade.end_epoch,
                                  levels=config.eglo.skip_levels)
@@ -101,7 +101,7 @@ def skip_weights(config, epoch):
 def eglo_grad_scale_in_lglo(config, epoch):
   """The share of L_glo's gradient that reaches E_glo at fractional `epoch` [I] (docs/quality.md).
 
-  None (all of it: the paper's joint loss, GCAD.md §7.2) unless `train.lglo_eglo_grad_ramp_epochs` > 0; then
+  None (all of it: the paper's joint loss, docs/method.md §7.2) unless `train.lglo_eglo_grad_ramp_epochs` > 0; then
   it rises linearly from 0 at `train.rglo_start_epoch` to 1 that many epochs later, so that R_glo first
   learns to follow E_glo before its large early error can pull E_glo's z towards a constant.
   """
@@ -112,7 +112,7 @@ def eglo_grad_scale_in_lglo(config, epoch):
 
 
 def preprocess_examples(config, step, images, train: bool):
-  """Augments (when `train`) and normalises this device's uint8 images (GCAD.md §7.4).
+  """Augments (when `train`) and normalises this device's uint8 images (docs/method.md §7.4).
 
   Each example draws from a key folded from (seed, step, global example index): its device's index times
   the per-device batch plus its row. So the augmentation does not depend on the device count.
@@ -136,7 +136,7 @@ def _adam_update(tx, grads, opt_state, params, lr_factor=1.0):
 
 def train_step(state: TrainState, images, features=None, *, nets, config, steps_per_epoch: int,
                with_glo: bool):
-  """One step of GCAD.md §7.5 on this device's rows; gradients averaged over `data` with `lax.pmean`.
+  """One step of docs/method.md §7.5 on this device's rows; gradients averaged over `data` with `lax.pmean`.
 
   Stage 1 (`with_glo=False`): L = L_kd/d_loc + L_loc/d_loc updates {E_glo, U, R_loc}; R_glo and its
   optimiser state are not touched. Stage 2 adds L_glo/d_glo and updates R_glo with its own state.
@@ -199,7 +199,7 @@ def _warn_if_random_teacher(config) -> None:
   if config.teacher.init == 'random':
     logging.warning('WARNING: E_loc (the teacher) is random-initialised (config.teacher.init=random): no '
                     'pretrained teacher weights are used. Fine for tests and demos; not the paper\'s setting '
-                    '(GCAD.md §3.5).')
+                    '(docs/method.md §3.5).')
     return
   for p in config.model.scales:
     meta = teacher_weights.teacher_meta(config.teacher.init, p)
@@ -211,7 +211,7 @@ def _warn_if_random_teacher(config) -> None:
 
 
 def _steps_per_epoch(config, num_examples: int) -> int:
-  """Full global batches per epoch (GCAD.md §7.3); refuses fewer images than one batch, naming the key."""
+  """Full global batches per epoch (docs/method.md §7.3); refuses fewer images than one batch, naming the key."""
   try:
     return input_pipeline.steps_per_epoch(num_examples, config.train.batch_size, config.train.drop_last)
   except ValueError as e:
@@ -312,7 +312,7 @@ def train_scale(config, workdir, p: int, train_data, par: parallel.DataParallel,
         if with_glo and not rglo_started:
           state = par.replicate(start_rglo(config, par.unreplicate(state)))
           rglo_started = True
-          logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (GCAD.md §7.3)', p, step,
+          logging.info('p%d: step %d (epoch %.2f): R_glo and L_glo join (docs/method.md §7.3)', p, step,
                        fractional_epoch(step, steps_per_epoch))
         batch_arrays = (train_data.images[order[i]],)
         if features is not None:
@@ -388,7 +388,7 @@ def restore_latest(config, workdir, p: int, mesh=None):
 
 def validation_losses(config, nets, state: TrainState, steps_per_epoch: int, images_uint8,
                       par: parallel.DataParallel) -> dict:
-  """Mean Eq. 2–5 terms over the un-augmented validation images, R_glo included (GCAD.md §7.1)."""
+  """Mean Eq. 2–5 terms over the un-augmented validation images, R_glo included (docs/method.md §7.1)."""
   fn = functools.partial(eval_step, nets=nets, config=config, steps_per_epoch=steps_per_epoch)
   sums = par.map_over_all(fn, state, images_uint8, config.train.batch_size)
   count = float(sums.pop('count'))
@@ -397,7 +397,7 @@ def validation_losses(config, nets, state: TrainState, steps_per_epoch: int, ima
 
 # E_glo and U together reproducing less than this share of E_loc's variance on the validation images means
 # E_glo passes (almost) nothing through its bottleneck: the global map is then noise that the scalar
-# normalisation (GCAD.md §8) scales up. On the synthetic scenes, runs that learnt reproduced 10–82 %,
+# normalisation (docs/method.md §8) scales up. On the synthetic scenes, runs that learnt reproduced 10–82 %,
 # collapsed or untrained ones at most 0.3 % (docs/quality.md).
 MIN_KD_EXPLAINED = 0.05
 
@@ -405,7 +405,7 @@ MIN_KD_EXPLAINED = 0.05
 def kd_explained_fraction(l_kd: float, image_size, loss_reduction: str) -> float:
   """1 − L_kd / L_kd of a constant E_glo: the share of E_loc's variance that U(E_glo(x)) reproduces.
 
-  E_loc's features are standardised per channel on the training images (GCAD.md §3.4), so predicting their
+  E_loc's features are standardised per channel on the training images (docs/method.md §3.4), so predicting their
   mean gives L_kd ≈ H·W under 'sum_per_image' (Eq. 3 divided by d_loc) and ≈ 1 under 'mean_per_pixel'.
   """
   baseline = float(np.prod(image_size)) if loss_reduction == 'sum_per_image' else 1.0
@@ -427,7 +427,7 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
   """Validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
 
   Writes workdir/p<p>/validation_losses.json and the TensorBoard scalars `val/<term>`. Then, with
-  `config.score.enabled`, scores the test split with the same states (GCAD.md §8; `gcad_jax.assess`: maps,
+  `config.score.enabled`, scores the test split with the same states (docs/method.md §8; `gcad_jax.assess`: maps,
   metrics.json, report.md) and returns its summary under the key 'test'.
   """
   par = parallel.DataParallel.from_config(config, mesh)

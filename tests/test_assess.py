@@ -1,4 +1,4 @@
-"""gcad_jax/assess.py and gcad_jax/predict.py end to end on a tiny random GCAD (GCAD.md §8, §11.8–9)."""
+"""gcad_jax/assess.py and gcad_jax/predict.py end to end on a tiny random GCAD (docs/method.md §8, §11.8–9)."""
 
 import importlib.util
 import json

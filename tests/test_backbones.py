@@ -1,4 +1,4 @@
-"""Pretrained target networks and the pickle-free checkpoint reader (GCAD.md §3.5, §3.6)."""
+"""Pretrained target networks and the pickle-free checkpoint reader (docs/method.md §3.5, §3.6)."""
 
 import importlib.util
 import json

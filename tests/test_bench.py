@@ -169,7 +169,7 @@ def test_torch_reference_computes_the_same_networks():
 
 @pytest.mark.parametrize('size', [(64, 64), (70, 76)])
 def test_space_to_batch_teacher_equals_dilated(size):
-  """PatchTeacher(dense_form='space_to_batch') = the à trous form of GCAD.md §3.3 (p = 33; odd phase sizes too)."""
+  """PatchTeacher(dense_form='space_to_batch') = the à trous form of docs/method.md §3.3 (p = 33; odd phase sizes too)."""
   from gcad_jax.models import layers  # pylint: disable=g-import-not-at-top
   from gcad_jax.models.teacher import PatchTeacher  # pylint: disable=g-import-not-at-top
 
@@ -186,7 +186,7 @@ def test_space_to_batch_teacher_equals_dilated(size):
 
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_subpixel_up_convolution_equals_conv_transpose(dtype):
-  """UNet(up_form='subpixel') = the ConvTranspose 2×2 s2 form of GCAD.md §6: same parameters, outputs, grads."""
+  """UNet(up_form='subpixel') = the ConvTranspose 2×2 s2 form of docs/method.md §6: same parameters, outputs, grads."""
   from gcad_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top
 
   subpixel = UNet(5, depth=2, wf=2, dtype=dtype)
@@ -205,7 +205,7 @@ def test_subpixel_up_convolution_equals_conv_transpose(dtype):
 
 
 def test_subpixel_global_net_equals_strided_convolutions():
-  """GlobalEncoderDecoder(stride_form='subpixel') = the strided / transposed convolutions of GCAD.md §4.2:
+  """GlobalEncoderDecoder(stride_form='subpixel') = the strided / transposed convolutions of docs/method.md §4.2:
   each layer's output and gradients, and the whole network's output."""
   from gcad_jax.models import layers  # pylint: disable=g-import-not-at-top
   from gcad_jax.models.global_net import GlobalEncoderDecoder  # pylint: disable=g-import-not-at-top

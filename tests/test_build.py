@@ -1,4 +1,4 @@
-"""Tests of tfds_loco.build: the build function, the command line, and every bad input (LOCO_FORMAT.md §2–§6).
+"""Tests of tfds_loco.build: the build function, the command line, and every bad input (docs/data_format.md §2–§6).
 
 Each bad input must raise a LocoFormatError naming the file, before anything is written.
 """

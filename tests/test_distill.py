@@ -1,4 +1,4 @@
-"""Teacher distillation (GCAD.md §3.5, §3.6) and the teacher weight files."""
+"""Teacher distillation (docs/method.md §3.5, §3.6) and the teacher weight files."""
 
 import importlib.util
 import json

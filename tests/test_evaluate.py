@@ -1,4 +1,4 @@
-"""The standalone evaluator against MVTec's official script, input checks and output (LOCO_FORMAT.md §11).
+"""The standalone evaluator against MVTec's official script, input checks and output (docs/data_format.md §11).
 
 Golden files: tests/fixtures/official_eval/ (README there). Set GCAD_OFFICIAL_EVAL_DIR to a copy of the
 official scripts (and GCAD_OFFICIAL_EVAL_PYTHON to a NumPy 1.x interpreter) for the live comparison.

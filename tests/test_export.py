@@ -1,4 +1,4 @@
-"""gcad_jax/export.py: the official map layout, atomic writes and the pre-flight check (LOCO_FORMAT.md §8)."""
+"""gcad_jax/export.py: the official map layout, atomic writes and the pre-flight check (docs/data_format.md §8)."""
 
 import importlib.util
 import json
@@ -44,7 +44,7 @@ def test_layout_is_accepted_by_the_evaluator_and_scores_are_the_tiff_maxima(data
   for image_id, score in marker['image_scores'].items():
     written = tifffile.imread(root / CAT / f'{image_id}.tiff')
     assert written.dtype == np.float32 and written.shape == (gen.HEIGHT, gen.WIDTH)
-    assert score == float(written.max())  # GCAD.md §11.8: image score = max of the exported TIFF
+    assert score == float(written.max())  # docs/method.md §11.8: image score = max of the exported TIFF
   from_files = evaluate.evaluate_category(cat_dir, root / CAT, num_workers=1, per_defect_type=False)
   in_memory = evaluate.evaluate_category(cat_dir, maps, num_workers=1, per_defect_type=False)
   assert from_files['localization']['auc_spro'] == in_memory['localization']['auc_spro']

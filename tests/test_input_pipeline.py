@@ -1,4 +1,4 @@
-"""Input pipeline: resize, normalisation, augmentation (GCAD.md §7.4) and deterministic epochs."""
+"""Input pipeline: resize, normalisation, augmentation (docs/method.md §7.4) and deterministic epochs."""
 
 import pathlib
 import shutil
@@ -92,7 +92,7 @@ def test_jitter_stays_in_range_and_is_deterministic_per_key():
 
 def test_preprocess_follows_the_category_flip_table():
   config = configlib.base_config()
-  config.dataset.category = 'breakfast_box'  # No flips (GCAD.md §7.4): layout is fixed.
+  config.dataset.category = 'breakfast_box'  # No flips (docs/method.md §7.4): layout is fixed.
   config.augment.rotate_deg = 0.0
   config.augment.jitter = 0.0
   config.augment.flip_prob = 1.0

@@ -1,4 +1,4 @@
-"""gcad_jax/loco_protocol.py: the paper protocol (GCAD.md §10.1) on two tiny synthetic categories × two seeds.
+"""gcad_jax/loco_protocol.py: the paper protocol (docs/method.md §10.1) on two tiny synthetic categories × two seeds.
 
 The runs are in-process (`--in_process`) with configs/tiny.py at 64², p = 17, one epoch: the same code path
 as a subprocess run after the flags are parsed, without four interpreter start-ups.
@@ -139,7 +139,7 @@ def _max_auc_diff(ours, official, limits=('0.01', '0.05', '0.1', '0.3', '1.0')):
 def test_official_script_accepts_the_protocol_maps_and_agrees_with_ours(protocol, tmp_path):
   """The official script on a run's W/anomaly_maps as they are, under a real category name (its --object_name
   takes only those): AUROC identical; AUC-sPRO identical (1e-12) at its own thresholds, and near our exact
-  values: its curve is sampled (points 1e-3 apart), an error that the limit 0.01 magnifies (LOCO_FORMAT.md §11)."""
+  values: its curve is sampled (points 1e-3 apart), an error that the limit 0.01 magnifies (docs/data_format.md §11)."""
   root, _, _, _ = protocol
   w = root / 'w' / 'seed0' / 'synthetic_tray'
   for folder, target in (('data', root / 'data' / 'synthetic_tray'), ('maps', w / 'anomaly_maps' / 'synthetic_tray')):

@@ -1,4 +1,4 @@
-"""Metrics: the exact sPRO curve, AUC-sPRO at a limit, image AUROC (LOCO_FORMAT.md §9.2, §9.5, §9.6, §11)."""
+"""Metrics: the exact sPRO curve, AUC-sPRO at a limit, image AUROC (docs/data_format.md §9.2, §9.5, §9.6, §11)."""
 
 import numpy as np
 import pytest
@@ -242,7 +242,7 @@ def test_limit_keys_match_json_float_keys():
 
 
 def _official_roc_reference(good, anomalous):
-  """The official ROC walk as LOCO_FORMAT.md §9.6 describes it, one image at a time (reference)."""
+  """The official ROC walk as docs/data_format.md §9.6 describes it, one image at a time (reference)."""
   items = sorted([(s, 0) for s in good] + [(s, 1) for s in anomalous], key=lambda p: p[0])
   fp, tp, fprs, tprs, last = len(good), len(anomalous), [1.0], [1.0], None
   for i, (score, label) in enumerate(items):

@@ -1,4 +1,4 @@
-"""Tests of gcad_jax.models: one test per property that GCAD.md §3–§9 and §11 state.
+"""Tests of gcad_jax.models: one test per property that docs/method.md §3–§9 and §11 state.
 
 Paper-size (256²) networks are only traced (`jax.eval_shape`); everything that runs uses tiny shapes.
 """

@@ -1,4 +1,4 @@
-"""gcad_jax/parallel.py: the `data` mesh, shard_map vs pmap, batch checks, two processes on loopback (GCAD.md §13)."""
+"""gcad_jax/parallel.py: the `data` mesh, shard_map vs pmap, batch checks, two processes on loopback (docs/method.md §13)."""
 
 import os
 import pathlib

@@ -1,4 +1,4 @@
-"""gcad_jax/predict.py: `python -m gcad_jax.predict` on a trained tiny workdir (GCAD.md §8; issue 4 item 7)."""
+"""gcad_jax/predict.py: `python -m gcad_jax.predict` on a trained tiny workdir (docs/method.md §8; issue 4 item 7)."""
 
 import csv
 import json

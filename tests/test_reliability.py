@@ -454,7 +454,7 @@ class _Evil:
 
 @pytest.mark.parametrize('name', ['teacher.pth', 'teacher.msgpack', 'teacher'])
 def test_a_user_teacher_that_is_a_pickle_is_refused_not_run(tmp_path, name):
-  """config.teacher.init=<path> (GCAD.md §3.5): a pickle, whatever its name, is refused before any code of
+  """config.teacher.init=<path> (docs/method.md §3.5): a pickle, whatever its name, is refused before any code of
   it runs. (Torch checkpoints of the distillation targets: tests/test_backbones.py.)"""
   target = tmp_path / 'pwned'
   path = tmp_path / name

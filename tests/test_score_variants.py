@@ -1,4 +1,4 @@
-"""benchmarks/score_variants.py: re-scoring a trained workdir under each §8 scoring choice (GCAD.md §8)."""
+"""benchmarks/score_variants.py: re-scoring a trained workdir under each §8 scoring choice (docs/method.md §8)."""
 
 import json
 import pathlib

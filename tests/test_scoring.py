@@ -1,4 +1,4 @@
-"""gcad_jax/scoring.py: branch maps, validation normalisation, fusion, upsampling (GCAD.md §8, §11.8)."""
+"""gcad_jax/scoring.py: branch maps, validation normalisation, fusion, upsampling (docs/method.md §8, §11.8)."""
 
 import functools
 import pathlib
@@ -56,7 +56,7 @@ def test_padded_and_masked_batches_give_the_maps_of_unpadded_ones():
 
 @pytest.mark.parametrize('mode', ['scalar', 'per_pixel'])
 def test_normalised_validation_maps_have_mean_0_and_std_1_per_branch(mode):
-  """GCAD.md §11.8: on the validation images themselves, each normalised branch has mean ≈ 0, std ≈ 1."""
+  """docs/method.md §11.8: on the validation images themselves, each normalised branch has mean ≈ 0, std ≈ 1."""
   a_loc, a_glo = _maps_on(1, 5)
   stats = scoring.norm_stats(a_loc, a_glo, mode)
   variants = scoring.scale_variants(a_loc, a_glo, stats)
@@ -127,7 +127,7 @@ def test_norm_stats_round_trip_through_json(tmp_path):
 
 
 def test_squared_maps_are_the_squares_of_the_norms():
-  """config.score.squared (GCAD.md §8 step 1): the squared per-pixel norms instead of the norms."""
+  """config.score.squared (docs/method.md §8 step 1): the squared per-pixel norms instead of the norms."""
   config, nets, weights = tiny_model()
   config = config.copy_and_resolve_references()
   config.score.squared = True

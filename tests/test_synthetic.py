@@ -1,4 +1,4 @@
-"""Tests for tfds_loco.synthetic: LOCO layout (LOCO_FORMAT.md §2), ground truth (§5), defects_config (§6)."""
+"""Tests for tfds_loco.synthetic: LOCO layout (docs/data_format.md §2), ground truth (§5), defects_config (§6)."""
 
 import hashlib
 import json

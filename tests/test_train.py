@@ -1,4 +1,4 @@
-"""gcad_jax/train.py: optimiser, train step, staging, device invariance, checkpoints (GCAD.md §7, §11.5–6, §13)."""
+"""gcad_jax/train.py: optimiser, train step, staging, device invariance, checkpoints (docs/method.md §7, §11.5–6, §13)."""
 
 import functools
 import json
@@ -44,7 +44,7 @@ def _assert_trees_close(a, b, rel):
 
 
 def test_optimizer_is_pytorch_style_coupled_decay_adam():
-  """GCAD.md §11.6: chain(add_decayed_weights, adam) = torch.optim.Adam(weight_decay=wd), two steps by hand."""
+  """docs/method.md §11.6: chain(add_decayed_weights, adam) = torch.optim.Adam(weight_decay=wd), two steps by hand."""
   config = configlib.base_config()
   lr, wd, b1, b2, eps = 1e-4, 1e-5, 0.9, 0.999, 1e-8
   params = {'w': np.array([0.5, -1.5, 2.0], np.float32)}
@@ -129,7 +129,7 @@ def test_cosine_schedule_scales_the_adam_step_by_its_factor():
 
 
 def test_eloc_statistics_standardise_the_training_features():
-  """GCAD.md §11.7: with the streamed μ, σ the training features have per-channel mean ≈ 0, std ≈ 1."""
+  """docs/method.md §11.7: with the streamed μ, σ the training features have per-channel mean ≈ 0, std ≈ 1."""
   config, nets, state, images = _setup()
   x = train.input_pipeline.preprocess(None, images, config, False)
   f = np.asarray(train.gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x))
@@ -148,7 +148,7 @@ def test_one_train_step_lowers_the_loss_on_a_fixed_batch():
 
 
 def test_rglo_and_its_optimiser_state_untouched_before_the_switch_then_updated():
-  """GCAD.md §7.3, §11.5: stage 1 leaves R_glo alone and has no R_glo optimiser state; stage 2 starts it."""
+  """docs/method.md §7.3, §11.5: stage 1 leaves R_glo alone and has no R_glo optimiser state; stage 2 starts it."""
   config, _, state, _ = _setup()
   stage1, metrics = _run(state, 2, with_glo=False)
   assert stage1.opt_state_rglo is None and _count(stage1.opt_state_main) == 2

@@ -3,7 +3,7 @@ r"""Builds one MVTec LOCO AD category (or any folder in its layout) as a TFDS da
   python -m tfds_loco.build --category pushpins --manual_dir ~/data/mvtec_loco \
       --data_dir ~/tensorflow_datasets [--overwrite]
 
-The whole category is checked first (LOCO_FORMAT.md §2–§6); a bad input ends with a one-line error
+The whole category is checked first (docs/data_format.md §2–§6); a bad input ends with a one-line error
 naming the file and nothing written. Reading it back: `tfds.builder('mvtec_loco/<category>',
 data_dir=...).as_data_source('test')` after `import tfds_loco.mvtec_loco`.
 """

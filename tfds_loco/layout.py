@@ -1,6 +1,6 @@
 """Reading one MVTec LOCO AD category folder: the one place that knows the on-disk layout.
 
-LOCO_FORMAT.md §2 (layout), §5 (ground truth), §6 (defects_config.json and saturation). Everything that
+docs/data_format.md §2 (layout), §5 (ground truth), §6 (defects_config.json and saturation). Everything that
 reads LOCO-layout files — the TFDS builder, the evaluator, the tests — goes through these functions, so a
 bad file gets the same clear error everywhere: the message names the file and the fix.
 """
@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-# LOCO_FORMAT.md §2: the split folders and the kinds of test images, in label order.
+# docs/data_format.md §2: the split folders and the kinds of test images, in label order.
 KINDS = ('good', 'logical_anomalies', 'structural_anomalies')
 ANOMALY_KINDS = KINDS[1:]
 SPLIT_KINDS = {'train': ('good',), 'validation': ('good',), 'test': KINDS}
@@ -36,7 +36,7 @@ class LocoFormatError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DefectType:
-  """One entry of defects_config.json (LOCO_FORMAT.md §6)."""
+  """One entry of defects_config.json (docs/data_format.md §6)."""
   defect_name: str
   pixel_value: int
   saturation_threshold: float
@@ -64,7 +64,7 @@ class ImageRecord:
 
 @dataclasses.dataclass(frozen=True)
 class GroundTruthChannel:
-  """One ground-truth PNG of an anomalous test image (LOCO_FORMAT.md §5): raw values kept."""
+  """One ground-truth PNG of an anomalous test image (docs/data_format.md §5): raw values kept."""
   path: pathlib.Path
   mask: np.ndarray  # (H, W) uint8, values 0 and defect.pixel_value
   defect: DefectType
@@ -115,12 +115,12 @@ class CategoryScan:
 
 
 def read_defects_config(path: str | pathlib.Path) -> dict[int, DefectType]:
-  """Reads and checks defects_config.json; returns {pixel_value: DefectType} (LOCO_FORMAT.md §6)."""
+  """Reads and checks defects_config.json; returns {pixel_value: DefectType} (docs/data_format.md §6)."""
   path = pathlib.Path(path)
   if not path.is_file():
     raise LocoFormatError(
         f'{path} is missing: every LOCO category folder needs a {DEFECTS_CONFIG} listing its defect types '
-        '(LOCO_FORMAT.md §6)')
+        '(docs/data_format.md §6)')
   try:
     entries = json.loads(path.read_text())
   except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # Recursion: '[[[[…'
@@ -166,7 +166,7 @@ def is_category_dir(path: pathlib.Path) -> bool:
 
 
 def find_categories(root: str | pathlib.Path) -> dict[str, pathlib.Path]:
-  """Category folders under a manual_dir, found by their defects_config.json (LOCO_FORMAT.md §1).
+  """Category folders under a manual_dir, found by their defects_config.json (docs/data_format.md §1).
 
   `root` may be the folder holding the category folders, a category folder itself, or one level above
   (e.g. an archive's top-level folder).
@@ -200,7 +200,7 @@ def category_dir(root: str | pathlib.Path, category: str) -> pathlib.Path:
 
 
 def list_split(cat_dir: str | pathlib.Path, split: str) -> list[ImageRecord]:
-  """All images of a split, sorted by kind then id; checks folders and file names (LOCO_FORMAT.md §2)."""
+  """All images of a split, sorted by kind then id; checks folders and file names (docs/data_format.md §2)."""
   cat_dir = pathlib.Path(cat_dir)
   if split not in SPLIT_KINDS:
     raise ValueError(f'unknown split {split!r}; use one of {list(SPLIT_KINDS)}')
@@ -208,7 +208,7 @@ def list_split(cat_dir: str | pathlib.Path, split: str) -> list[ImageRecord]:
   if not split_dir.is_dir():
     raise LocoFormatError(
         f'{split_dir} is missing: a LOCO category folder holds train/good, validation/good and '
-        'test/{good,logical_anomalies,structural_anomalies} (LOCO_FORMAT.md §2)')
+        'test/{good,logical_anomalies,structural_anomalies} (docs/data_format.md §2)')
   unexpected = [p.name for p in split_dir.iterdir()
                 if not p.name.startswith('.') and p.name not in SPLIT_KINDS[split]]
   if unexpected:
@@ -280,7 +280,7 @@ def read_rgb_image(path: str | pathlib.Path) -> np.ndarray:
 
 
 def read_mask(path: str | pathlib.Path) -> np.ndarray:
-  """A single-channel 8-bit mask PNG as (H, W) uint8, raw values kept (LOCO_FORMAT.md §5)."""
+  """A single-channel 8-bit mask PNG as (H, W) uint8, raw values kept (docs/data_format.md §5)."""
   path = pathlib.Path(path)
   header = read_png_header(path)
   if header.color_type == PNG_GRAY and header.bit_depth != 8:
@@ -309,7 +309,7 @@ def ground_truth_dir(cat_dir: pathlib.Path, record: ImageRecord) -> pathlib.Path
 
 def read_ground_truth(cat_dir: str | pathlib.Path, record: ImageRecord, defects: dict[int, DefectType],
                       image_shape: Sequence[int]) -> list[GroundTruthChannel]:
-  """The channels of one test image, checked (LOCO_FORMAT.md §5); [] for good images."""
+  """The channels of one test image, checked (docs/data_format.md §5); [] for good images."""
   cat_dir = pathlib.Path(cat_dir)
   if record.kind == 'good':
     return []
@@ -337,7 +337,7 @@ def read_ground_truth(cat_dir: str | pathlib.Path, record: ImageRecord, defects:
     counts = np.bincount(mask.ravel(), minlength=256)  # Several times faster than np.unique on uint8.
     positive = np.flatnonzero(counts[1:]) + 1
     if positive.size == 0:
-      raise LocoFormatError(f'{path} has no positive pixel; an empty channel is not allowed (LOCO_FORMAT.md §5)')
+      raise LocoFormatError(f'{path} has no positive pixel; an empty channel is not allowed (docs/data_format.md §5)')
     if positive.size > 1:
       raise LocoFormatError(
           f'{path} holds several positive values {positive.tolist()}; a channel holds 0 and exactly one '
@@ -389,7 +389,7 @@ def _scan_image(cat_dir: pathlib.Path, record: ImageRecord,
 
 def scan_category(cat_dir: str | pathlib.Path, *, num_workers: int | None = None,
                   progress: Callable[[int, int], None] | None = None) -> CategoryScan:
-  """Checks a whole category before anything is built from it (LOCO_FORMAT.md §2, §3, §5, §6).
+  """Checks a whole category before anything is built from it (docs/data_format.md §2, §3, §5, §6).
 
   Cheap checks first (defects_config.json, folders, file names, ground-truth pairing), then every image
   and channel is decoded: 8-bit RGB images of one size, single-channel masks of the image's size with
@@ -418,7 +418,7 @@ def scan_category(cat_dir: str | pathlib.Path, *, num_workers: int | None = None
           raise LocoFormatError(
               f'{image.record.path} is {image.header.width}x{image.header.height} (WxH) but '
               f'{first.record.path} is {first.header.width}x{first.header.height}; all images of a '
-              'category share one size (LOCO_FORMAT.md §3)')
+              'category share one size (docs/data_format.md §3)')
         scanned.append(image)
         if progress is not None:
           progress(len(scanned), len(todo))

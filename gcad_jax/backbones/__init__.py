@@ -1,1 +1,1 @@
-"""Pretrained target networks for teacher distillation (GCAD.md §3.5, §3.6)."""
+"""Pretrained target networks for teacher distillation (docs/method.md §3.5, §3.6)."""

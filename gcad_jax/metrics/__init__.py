@@ -1,4 +1,4 @@
-"""Evaluation metrics as pure NumPy functions: exact sPRO curves, AUC-sPRO, image AUROC (LOCO_FORMAT.md §9, §11).
+"""Evaluation metrics as pure NumPy functions: exact sPRO curves, AUC-sPRO, image AUROC (docs/data_format.md §9, §11).
 
 The submodules are `spro` and `auroc`; the package re-exports their main functions.
 """

@@ -1,4 +1,4 @@
-"""Image-level AUROC on the map maximum (LOCO_FORMAT.md §9.6, §11.3), in two modes.
+"""Image-level AUROC on the map maximum (docs/data_format.md §9.6, §11.3), in two modes.
 
 * `official`: the official ROC builder, tie quirk included (the headline value);
 * `standard`: the Mann–Whitney value, ties counted as ½ (sklearn's roc_auc_score).

@@ -1,4 +1,4 @@
-"""Building the negative-score pools of the sPRO curves and the per_threshold summary list (LOCO_FORMAT.md §9.8, §11).
+"""Building the negative-score pools of the sPRO curves and the per_threshold summary list (docs/data_format.md §9.8, §11).
 
 Pure NumPy, like `spro`: `NegativeBuffer` collects one kind's negative scores image by image and sorts them
 once into a `spro.ScorePool`; `summary_thresholds` picks the deterministic thresholds at which exact mode

@@ -1,4 +1,4 @@
-"""The sPRO curve and its normalised area, exactly (LOCO_FORMAT.md §9.2, §9.5, §11.1, §11.3).
+"""The sPRO curve and its normalised area, exactly (docs/data_format.md §9.2, §9.5, §11.1, §11.3).
 
 Pure NumPy. Inputs are already-extracted scores:
 
@@ -17,7 +17,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-# LOCO_FORMAT.md §9.5: the official integration limits (MAX_FPRS); the headline value is 0.05.
+# docs/data_format.md §9.5: the official integration limits (MAX_FPRS); the headline value is 0.05.
 LIMITS = (0.01, 0.05, 0.1, 0.3, 1.0)
 
 _CHUNK = 1 << 24  # elements per block when scanning big sorted pools
@@ -68,7 +68,7 @@ def _count_sorted(sorted_values: np.ndarray, keys: np.ndarray, side: str) -> np.
 
 
 class ScorePool:
-  """Scores sorted once, counted at any threshold by binary search (LOCO_FORMAT.md §11.1, 'Negatives').
+  """Scores sorted once, counted at any threshold by binary search (docs/data_format.md §11.1, 'Negatives').
 
   Heavily quantised scores are stored as distinct values with cumulative counts, which is exact and smaller.
   """
@@ -149,7 +149,7 @@ def _pools_count(pools: Sequence[ScorePool], keys: np.ndarray, side: str) -> np.
 
 
 def channel_events(scores: np.ndarray, mask: np.ndarray, saturation: int) -> np.ndarray:
-  """The s largest scores of one channel, sorted ascending (LOCO_FORMAT.md §11.1, 'Positive events').
+  """The s largest scores of one channel, sorted ascending (docs/data_format.md §11.1, 'Positive events').
 
   min(TP(t), s) equals the number of these scores > t, ties included, because s <= |channel|.
   """
@@ -199,7 +199,7 @@ def _events(channels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], np.ndarra
 
 
 def exact_spro_curve(negatives: Sequence[ScorePool], channels: Sequence[np.ndarray]) -> SproCurve:
-  """The exact curve of one subset, every distinct score value (LOCO_FORMAT.md §11.1).
+  """The exact curve of one subset, every distinct score value (docs/data_format.md §11.1).
 
   Each channel's s largest scores are events of weight 1/(M·s). For every distinct event value u
   (descending) the curve has the vertex just above u, (#neg > u, W(> u)), and the vertex at u,
@@ -258,7 +258,7 @@ def check_thresholds(thresholds) -> np.ndarray:
 
 def spro_curve_at_thresholds(negatives: Sequence[ScorePool], channels: Sequence[np.ndarray],
                              thresholds) -> SproCurve:
-  """The curve at given descending thresholds (LOCO_FORMAT.md §11.3, explicit-threshold mode).
+  """The curve at given descending thresholds (docs/data_format.md §11.3, explicit-threshold mode).
 
   The arithmetic is the official one (§9.2): FPR = FP / N in float64; per channel min(TP / s, 1) with
   TP = #events > t; the mean over channels in image order. With per_threshold.thresholds of an official
@@ -282,7 +282,7 @@ def spro_curve_at_thresholds(negatives: Sequence[ScorePool], channels: Sequence[
 
 
 def auc_at_limit(fpr, y, limit: float) -> float:
-  """Normalised area under (fpr, y) up to FPR = limit, the official rule of LOCO_FORMAT.md §9.5.
+  """Normalised area under (fpr, y) up to FPR = limit, the official rule of docs/data_format.md §9.5.
 
   Points must be ordered by ascending FPR from 0 to 1. Non-finite points are dropped. Trapezoids over all
   points with FPR <= limit, plus, when limit is not an FPR value, the partial trapezoid to the linear
@@ -310,7 +310,7 @@ def auc_at_limit(fpr, y, limit: float) -> float:
 
 
 def interval_error_bound(curve: SproCurve, limit: float) -> float:
-  """How far the AUC(L) of a curve sampled at thresholds can be from the exact one (LOCO_FORMAT.md §11.2).
+  """How far the AUC(L) of a curve sampled at thresholds can be from the exact one (docs/data_format.md §11.2).
 
   Between two evaluated points the exact curve is monotone, so it lies in their box: a whole segment below
   L contributes ½·Δx·Δy, the segment that crosses L contributes (L − x_k)·Δy; divided by L. Zero for the
@@ -341,7 +341,7 @@ def downsample(curve: SproCurve, num_points: int = 1000) -> dict[str, list[float
 
 def defect_type_subsets(image_defect_names: Sequence[Sequence[str]]) -> dict[str, list[int]]:
   """Per defect type, the indices of the images with a channel of that type plus every image without
-  channels (the good images): the subsets of the per-defect-type AUC-sPRO (LOCO_FORMAT.md §11.3)."""
+  channels (the good images): the subsets of the per-defect-type AUC-sPRO (docs/data_format.md §11.3)."""
   good = [i for i, names in enumerate(image_defect_names) if not names]
   subsets: dict[str, list[int]] = {}
   for i, names in enumerate(image_defect_names):

@@ -1,4 +1,4 @@
-"""The GCAD networks (GCAD.md §2–§6) and their composition (§7–§8): one file per network of the paper."""
+"""The GCAD networks (docs/method.md §2–§6) and their composition (§7–§8): one file per network of the paper."""
 
 from gcad_jax.models.gcad import (GCADNets, anomaly_maps, build_nets, compute_dtype, eloc_features, init_params,
                                   param_count, per_image_losses)

@@ -1,6 +1,6 @@
 """GCAD composed: the five networks, their parameters, the losses (Eq. 2–5) and the branch maps.
 
-Pure functions over arrays (GCAD.md §2, §7.1–§7.2, §8 step 1). E_loc's parameters and its statistics stay
+Pure functions over arrays (docs/method.md §2, §7.1–§7.2, §8 step 1). E_loc's parameters and its statistics stay
 outside every optimiser state (§3.4, §13); `trainable` holds the `params` collections of R_loc, E_glo, U
 and R_glo.
 """
@@ -25,7 +25,7 @@ TRAINABLE = ('r_loc', 'e_glo', 'u', 'r_glo')
 
 @dataclasses.dataclass(frozen=True)
 class GCADNets:
-  """The networks of one GCAD model at one receptive field p (GCAD.md §2)."""
+  """The networks of one GCAD model at one receptive field p (docs/method.md §2)."""
   e_loc: PatchTeacher
   r_loc: UNet
   e_glo: GlobalEncoderDecoder
@@ -118,7 +118,7 @@ def per_image_losses(nets: GCADNets, trainable: Mapping[str, Any], f: jnp.ndarra
                      skip_weights: jnp.ndarray, *, with_glo: bool, reduction: str = 'sum_per_image',
                      stop_grad_eglo_in_lglo: bool = False,
                      eglo_grad_scale_in_lglo=None) -> dict[str, jnp.ndarray]:
-  """Per-image (B,) losses l_loc, l_kd, l_glo (Eq. 2–4, each /d) and total (Eq. 5) (GCAD.md §7.1–§7.2).
+  """Per-image (B,) losses l_loc, l_kd, l_glo (Eq. 2–4, each /d) and total (Eq. 5) (docs/method.md §7.1–§7.2).
 
   `with_glo` (a Python bool) adds L_glo (stage 2, §7.3); when False R_glo is not evaluated, `trainable`
   need not hold 'r_glo', and l_glo is zeros. With 'mean_per_pixel' each term is the mean over H, W, C,
@@ -154,7 +154,7 @@ def _scale_gradient(z: jnp.ndarray, scale) -> jnp.ndarray:
 
 def anomaly_maps(nets: GCADNets, trainable: Mapping[str, Any], e_loc_params: Any, stats: Mapping[str, Any],
                  x: jnp.ndarray, *, squared: bool = False) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(A_loc, A_glo), each (B, H, W) float32: per-pixel L2 norms of the residuals (GCAD.md §8 step 1).
+  """(A_loc, A_glo), each (B, H, W) float32: per-pixel L2 norms of the residuals (docs/method.md §8 step 1).
 
   E_glo runs with all skip weights at 0 (§4.3). `squared` returns the squared norms (`score.squared`).
   """

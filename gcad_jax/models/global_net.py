@@ -1,4 +1,4 @@
-"""The global branch: encoder–decoder E_glo (GCAD.md §4.2), its skip-fade schedule (§4.3) and U (§5)."""
+"""The global branch: encoder–decoder E_glo (docs/method.md §4.2), its skip-fade schedule (§4.3) and U (§5)."""
 
 from typing import Any, Sequence
 
@@ -16,7 +16,7 @@ STRIDE_FORMS = ('subpixel', 'conv')
 
 
 def skip_weights(epoch: Any, mode: str = 'sequential', end_epoch: float = 100.0, levels: int = 5) -> jnp.ndarray:
-  """The skip weights (u, v, w, x, y) at fractional `epoch` (GCAD.md §4.3); `epoch` may be traced.
+  """The skip weights (u, v, w, x, y) at fractional `epoch` (docs/method.md §4.3); `epoch` may be traced.
 
   'sequential': each weight falls 1 → 0 over its own window of end_epoch/levels epochs, the upper
   (high-resolution) levels first: y over [0, 20], x [20, 40], w [40, 60], v [60, 80], u [80, 100] for
@@ -38,7 +38,7 @@ def skip_weights(epoch: Any, mode: str = 'sequential', end_epoch: float = 100.0,
 
 
 class GlobalEncoderDecoder(nn.Module):
-  """E_glo (GCAD.md §4.2): (B, H, W, 3) → (B, H, W, d_glo) through a 1×1×g global context vector.
+  """E_glo (docs/method.md §4.2): (B, H, W, 3) → (B, H, W, d_glo) through a 1×1×g global context vector.
 
   H and W must be multiples of 64; the context convolution's kernel is (H/64, W/64), 4×4 at 256².
   Skips are added after the decoder LReLU, each 1×1 conv scaled by its scalar weight from `skip_weights`.
@@ -105,7 +105,7 @@ class GlobalEncoderDecoder(nn.Module):
 
 
 class Upsampler(nn.Module):
-  """U (GCAD.md §5): three 1×1 convolutions d_glo → hidden → hidden → d_out, LReLU between, linear output."""
+  """U (docs/method.md §5): three 1×1 convolutions d_glo → hidden → hidden → d_out, LReLU between, linear output."""
   hidden: Sequence[int] = (128, 128)
   d_out: int = 128
   leaky_slope: float = 0.2

@@ -1,4 +1,4 @@
-"""Convolutions with PyTorch semantics and initialisation, shared by every GCAD network (GCAD.md §6, §12 #21).
+"""Convolutions with PyTorch semantics and initialisation, shared by every GCAD network (docs/method.md §6, §12 #21).
 
 `init='torch_default'` reproduces PyTorch's defaults for `Conv2d` and `ConvTranspose2d`: weights and biases
 uniform in ±1/√fan_in. PyTorch takes fan_in from dim 1 of the weight, which is `in·k·k` for a convolution but

@@ -1,4 +1,4 @@
-"""The patch-descriptor teacher E_loc of Uninformed Students, as a patch and as a dense network (GCAD.md §3).
+"""The patch-descriptor teacher E_loc of Uninformed Students, as a patch and as a dense network (docs/method.md §3).
 
 `PatchTeacher(dense=False)` maps p×p patches to descriptors (§3.2); `PatchTeacher(dense=True)` evaluates the
 same parameters at every pixel of an image by the "à trous" conversion (§3.3). Both forms have identical
@@ -23,7 +23,7 @@ DENSE_FORMS = ('dilated', 'space_to_batch')
 
 
 def layer_list(p: int, p33_first_kernel: int = 5) -> tuple[tuple[int, bool], ...]:
-  """(kernel size, max-pool after it) of each convolution of the patch network (GCAD.md §3.2)."""
+  """(kernel size, max-pool after it) of each convolution of the patch network (docs/method.md §3.2)."""
   if p == 17:
     return ((6, False), (5, False), (5, False), (4, False))
   if p == 33:
@@ -43,7 +43,7 @@ def receptive_field(p: int, p33_first_kernel: int = 5) -> int:
 
 
 def dense_padding(p: int, p33_first_kernel: int = 5) -> tuple[tuple[int, int], tuple[int, int]]:
-  """((top, bottom), (left, right)) padding for an H×W dense output (GCAD.md §3.3).
+  """((top, bottom), (left, right)) padding for an H×W dense output (docs/method.md §3.3).
 
   In total receptive field − 1 per axis, the smaller half first: 8/8 for p = 17, 15/16 for p = 33.
   """
@@ -53,7 +53,7 @@ def dense_padding(p: int, p33_first_kernel: int = 5) -> tuple[tuple[int, int], t
 
 
 def standardise(features: jnp.ndarray, stats: Mapping[str, Any]) -> jnp.ndarray:
-  """f = (E_loc(x) − μ_c)/σ_c per channel (GCAD.md §3.4); `stats = {'mean': (d,), 'std': (d,)}`."""
+  """f = (E_loc(x) − μ_c)/σ_c per channel (docs/method.md §3.4); `stats = {'mean': (d,), 'std': (d,)}`."""
   return (features - jnp.asarray(stats['mean'])) / jnp.asarray(stats['std'])
 
 
@@ -68,7 +68,7 @@ def feature_moments(features: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray, jn
 
 
 def stats_from_moments(total: Any, total_sq: Any, count: Any) -> dict[str, np.ndarray]:
-  """{'mean', 'std'} (float32, population std) from summed moments, computed in float64 (GCAD.md §3.4)."""
+  """{'mean', 'std'} (float32, population std) from summed moments, computed in float64 (docs/method.md §3.4)."""
   total, total_sq, count = (np.asarray(v, np.float64) for v in (total, total_sq, count))
   if np.any(count <= 0):
     raise ValueError('stats_from_moments: the pixel count is 0; sum feature_moments over at least one batch')
@@ -78,7 +78,7 @@ def stats_from_moments(total: Any, total_sq: Any, count: Any) -> dict[str, np.nd
 
 
 class PatchTeacher(nn.Module):
-  """E_loc (GCAD.md §3.2–§3.3): (B, p, p, 3) → (B, d_out), or densely (B, H, W, 3) → (B, H, W, d_out)."""
+  """E_loc (docs/method.md §3.2–§3.3): (B, p, p, 3) → (B, d_out), or densely (B, H, W, 3) → (B, H, W, d_out)."""
   p: int
   widths: Sequence[int] = (128, 256, 256)
   d_out: int = 128

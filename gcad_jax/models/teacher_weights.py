@@ -1,4 +1,4 @@
-"""Pretrained E_loc teacher weights: the shipped files and user checkpoints, msgpack only (GCAD.md §3.5, §3.6).
+"""Pretrained E_loc teacher weights: the shipped files and user checkpoints, msgpack only (docs/method.md §3.5, §3.6).
 
 A teacher file is a flax msgpack of {'format', 'p', 'params', 'meta'}: the patch network's parameters (the
 dense form has the same tree, §3.3) and a description of the run that made them. No pickle is ever read.

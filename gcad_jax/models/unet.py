@@ -1,4 +1,4 @@
-"""The regression networks R_loc and R_glo: the U-Net of jvanvugt/pytorch-unet (GCAD.md §6).
+"""The regression networks R_loc and R_glo: the U-Net of jvanvugt/pytorch-unet (docs/method.md §6).
 
 Depth 5, width 2**wf = 64 at the top, "same" padding: a 16×16×1024 bottleneck at 256² [P]. Each level is
 [Conv 3×3 + ReLU]×2; AvgPool 2×2 down; ConvT 2×2 stride 2 up, concatenated [upsampled, skip]; a final
@@ -60,7 +60,7 @@ class UpBlock(nn.Module):
 
 
 class UNet(nn.Module):
-  """U-Net (GCAD.md §6): (B, H, W, C) → (B, H, W, n_out) with `padding=True`; `up_form` as in `UP_FORMS`."""
+  """U-Net (docs/method.md §6): (B, H, W, C) → (B, H, W, n_out) with `padding=True`; `up_form` as in `UP_FORMS`."""
   n_out: int
   depth: int = 5
   wf: int = 6

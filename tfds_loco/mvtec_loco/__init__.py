@@ -1,4 +1,4 @@
-"""MVTec LOCO AD TFDS builder; importing registers `mvtec_loco` (LOCO_FORMAT.md §12)."""
+"""MVTec LOCO AD TFDS builder; importing registers `mvtec_loco` (docs/data_format.md §12)."""
 
 from tfds_loco.categories import LOCO_CATEGORIES
 from tfds_loco.categories import SYNTHETIC_CATEGORIES

@@ -1,4 +1,4 @@
-"""MVTec LOCO AD (and any folder in its layout) as a TFDS data set (LOCO_FORMAT.md §1, §12).
+"""MVTec LOCO AD (and any folder in its layout) as a TFDS data set (docs/data_format.md §1, §12).
 
 One config per category; splits train, validation and test; images at their original size; one raw,
 never binarised mask per ground-truth channel with its defects_config.json entry. The whole category
@@ -40,7 +40,7 @@ _CONFIG_NAME = re.compile(r'^[\w+\-.]+$')  # what TFDS accepts as a config name 
 
 
 class ArchiveError(layout.LocoFormatError):
-  """The manual-download archive is corrupt, incomplete or not the expected one (LOCO_FORMAT.md §1)."""
+  """The manual-download archive is corrupt, incomplete or not the expected one (docs/data_format.md §1)."""
 
 
 def sha256(path: pathlib.Path, chunk_bytes: int = 1 << 22) -> str:
@@ -151,7 +151,7 @@ def builder_for(category: str, manual_dir: epath.PathLike | None = None,
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
-  """DatasetBuilder for MVTec LOCO AD and folders in its layout (LOCO_FORMAT.md §12)."""
+  """DatasetBuilder for MVTec LOCO AD and folders in its layout (docs/data_format.md §12)."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: raw per-channel masks, array_record files.'}

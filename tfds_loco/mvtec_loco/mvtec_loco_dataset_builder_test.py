@@ -1,4 +1,4 @@
-"""Tests of the mvtec_loco TFDS builder against files read independently with PIL (LOCO_FORMAT.md §12)."""
+"""Tests of the mvtec_loco TFDS builder against files read independently with PIL (docs/data_format.md §12)."""
 
 import importlib.util
 import json

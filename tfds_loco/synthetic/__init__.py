@@ -1,6 +1,6 @@
 """Procedural scenes in the exact MVTec LOCO AD on-disk layout: the embedded default data set.
 
-`generate()` writes `<out>/<category>/` as LOCO_FORMAT.md §2 lays it out (RGB PNGs, three-digit ids), one
+`generate()` writes `<out>/<category>/` as docs/data_format.md §2 lays it out (RGB PNGs, three-digit ids), one
 single-channel ground-truth PNG per defect channel (§5) and `defects_config.json` (§6), and, outside the
 category folder, `<out>/<category>.manifest.json`, which lists every image and channel for tests. `<out>`
 is a TFDS `manual_dir`. The scenes obey real logical constraints (kinds, counts, colours, placement), so

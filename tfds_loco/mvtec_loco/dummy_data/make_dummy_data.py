@@ -1,4 +1,4 @@
-r"""Writes the builder's dummy_data/: tiny categories in MVTec LOCO AD layout (LOCO_FORMAT.md §2, §5, §6).
+r"""Writes the builder's dummy_data/: tiny categories in MVTec LOCO AD layout (docs/data_format.md §2, §5, §6).
 
   python tfds_loco/mvtec_loco/dummy_data/make_dummy_data.py
 
