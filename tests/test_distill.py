@@ -171,6 +171,10 @@ def test_teacher_configs_map_to_settings():
     assert (s.p, s.target, s.batch_size, s.iterations, s.learning_rate, s.weight_decay) == (
         p, 'efficientnet_lite0', 64, 50_000, 2e-4, 1e-5)
     assert tuple(s.widths) == (128, 256, 256) and s.d_out == 128
+    assert (s.compactness, s.lambda_c_balance, s.target_features) == ('squared', True, 'pooled')
+    # No default image folder: distillation asks for one instead of reading outside the repository.
+    with pytest.raises(ValueError, match='teacher.image_dir'):
+      s.validate()
 
 
 @pytest.mark.slow
