@@ -1,6 +1,7 @@
 """The test-split evaluation of a trained GCAD: scoring → export → evaluator → report (docs/method.md §8, §10).
 
-`run` is called by `train.evaluate` with the final states of every scale. It writes, in the workdir:
+`assess_test_split` (the assess step) is called by `train.validate_and_score` with the final states of every
+scale; `gcad_jax.evaluate`, the standalone evaluator, scores any method's maps from files. It writes, in the workdir:
 
   score_norm.json                     μ, σ per scale and branch from the validation images (§8 step 2)
   anomaly_maps/<category>/test/…      combined maps, official layout (docs/data_format.md §8); with
@@ -53,7 +54,8 @@ def checkpoint_line(config, steps: Mapping[int, int], maps_root: str) -> str:
           f'maps in `{maps_root}`.')
 
 
-def run(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_data=None, test_data=None) -> dict:
+def assess_test_split(config, workdir, models: Mapping[int, tuple], mesh, step: int = 0, val_data=None,
+                      test_data=None) -> dict:
   """Scores the test split with `models` = {p: (nets, state)}, exports, evaluates and reports.
 
   `step` is recorded as metrics.json's gcad_jax.step; each scale's own step (its state's, see `scale_steps`)

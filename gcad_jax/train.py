@@ -423,8 +423,8 @@ def warn_if_eglo_collapsed(p: int, losses: dict) -> None:
         100 * MIN_KD_EXPLAINED, losses['l_kd'], losses['l_glo'])
 
 
-def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
-  """Validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
+def validate_and_score(config, workdir, states: dict | None = None, mesh=None) -> dict:
+  """The evaluation after training: the validation loss terms of every scale (the given final states, else each scale's latest checkpoint).
 
   Writes workdir/p<p>/validation_losses.json and the TensorBoard scalars `val/<term>`. Then, with
   `config.score.enabled`, scores the test split with the same states (docs/method.md §8; `gcad_jax.assess`: maps,
@@ -457,7 +457,7 @@ def evaluate(config, workdir, states: dict | None = None, mesh=None) -> dict:
                  {k: round(losses[k], 5) for k in LOSSES})
   if config.score.get('enabled', True):
     from gcad_jax import assess  # pylint: disable=g-import-not-at-top (scoring is downstream of training)
-    results['test'] = assess.run(config, workdir, models, par.mesh, step=step, val_data=val_data)
+    results['test'] = assess.assess_test_split(config, workdir, models, par.mesh, step=step, val_data=val_data)
     print(f'gcad_jax: report in {results["test"]["report"]}', flush=True)
   return results
 
@@ -498,5 +498,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mode: st
     raise ValueError(f'--mode={mode!r} is not one of train, eval, train_and_eval')
   states = train(config, workdir) if mode in ('train', 'train_and_eval') else None
   if mode in ('eval', 'train_and_eval'):
-    return evaluate(config, workdir, states)
+    return validate_and_score(config, workdir, states)
   return states

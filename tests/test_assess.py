@@ -45,7 +45,7 @@ def assessed(tmp_path_factory):
   test, originals = _split(cat_dir, 'test', (64, 64))
   val = input_pipeline.SplitData(test.images[:6], test.image_ids[:6], test.labels[:6], test.original_sizes[:6])
   with pytest.warns(evaluate.EvaluationWarning):
-    out = assess.run(config, root / 'w', models, mesh, step=3, val_data=val, test_data=test)
+    out = assess.assess_test_split(config, root / 'w', models, mesh, step=3, val_data=val, test_data=test)
   return config, models, mesh, root / 'w', cat_dir, out, test, originals
 
 
@@ -139,7 +139,7 @@ def test_report_shows_each_scales_step(assessed, tmp_path):
   assert assess.scale_steps(config, two, step=240) == {17: 120, 33: 240}
   val = input_pipeline.SplitData(test.images[:6], test.image_ids[:6], test.labels[:6], test.original_sizes[:6])
   with pytest.warns(evaluate.EvaluationWarning):
-    out = assess.run(config, tmp_path, two, mesh, step=240, val_data=val, test_data=test)
+    out = assess.assess_test_split(config, tmp_path, two, mesh, step=240, val_data=val, test_data=test)
   assert 'Checkpoint steps p17 120, p33 240; scales [17, 33]' in (tmp_path / report.REPORT_FILE).read_text()
   assert out['metrics']['gcad_jax']['steps'] == {'17': 120, '33': 240} and out['metrics']['gcad_jax']['step'] == 240
   assert export.read_marker(tmp_path / 'anomaly_maps')['steps'] == {'17': 120, '33': 240}
