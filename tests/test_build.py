@@ -277,3 +277,13 @@ def test_command_line_rebuilds_from_another_folder(tmp_path, capsys):
   out = capsys.readouterr().out
   assert f'it was built from {(tmp_path / "a").resolve()}/my_product, not from' in out, out
   assert 'train          4 examples' in out and 'already built' not in out
+
+
+def test_a_quiet_build_leaves_no_log_handler_on_its_closed_sink(tmp_path, monkeypatch):
+  """A library's logging.basicConfig() inside the quiet window must not leave a root handler writing to the
+  closed sink (the demo printed "Logging error ... I/O operation on closed file" for every later line)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(logging.root, 'handlers', [])  # as in a plain script: basicConfig() then adds one
+  write_category(tmp_path / 'manual', 'synthetic_tray', (64, 48), train=2)
+  build_lib.build('synthetic_tray', tmp_path / 'manual', tmp_path / 'data', quiet=True)
+  assert not [h for h in logging.root.handlers if getattr(getattr(h, 'stream', None), 'closed', False)]

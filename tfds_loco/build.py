@@ -14,6 +14,7 @@ import argparse
 import collections
 import contextlib
 import io
+import logging as std_logging
 import sys
 import time
 from typing import Any, Sequence
@@ -40,14 +41,24 @@ def build(category: str, manual_dir: epath.PathLike | None = None, data_dir: epa
   builder = mvtec_loco.builder_for(category, manual_dir=manual_dir, data_dir=data_dir)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  root_handlers = list(std_logging.root.handlers)
   with contextlib.ExitStack() as stack:
     if quiet:
       sink = stack.enter_context(io.StringIO())
       stack.enter_context(contextlib.redirect_stdout(sink))
       stack.enter_context(contextlib.redirect_stderr(sink))
+      # A library that calls logging.basicConfig() inside binds a root handler to the sink, which is closed
+      # below: every later log line would then fail with "I/O operation on closed file". Drop such handlers.
+      stack.callback(_drop_handlers_bound_to, sink, root_handlers)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=manual_dir, download_mode=mode))
   return builder
+
+
+def _drop_handlers_bound_to(stream, keep) -> None:
+  for handler in list(std_logging.root.handlers):
+    if handler not in keep and getattr(handler, 'stream', None) is stream:
+      std_logging.root.removeHandler(handler)
 
 
 class _KeepBytes(tfds.decode.SkipDecoding):
