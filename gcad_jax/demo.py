@@ -66,6 +66,9 @@ def main(argv=None) -> int:
   # Progress: training and evaluation log at INFO (absl shows only warnings without app.run); library
   # detail (Orbax's per-save lines, TFDS's build lines) is dropped as in main.py.
   logging.set_verbosity(logging.INFO)
+  # As app.run does: absl's handler on the root logger, where the filter below sits. Without it absl's first
+  # log call adds logging.basicConfig()'s handler, which prints every library line.
+  logging.use_absl_handler()
   summaries.quiet_library_logs()
 
   start = time.time()
