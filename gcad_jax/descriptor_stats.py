@@ -13,16 +13,20 @@ from typing import Any
 import numpy as np
 
 
-def correlation_spectrum(descriptors: np.ndarray) -> np.ndarray:
-  """Eigenvalues, largest first, of the (d, d) Pearson correlation matrix of (N, d) descriptors (they sum to d)."""
+def correlation_matrix(descriptors: np.ndarray) -> np.ndarray:
+  """The (d, d) Pearson correlation matrix of (N, d) descriptors; a constant dimension gets a zero row."""
   x = np.asarray(descriptors, np.float64)
   if x.ndim != 2 or x.shape[0] < 2:
-    raise ValueError(f'correlation_spectrum: need (N ≥ 2, d) descriptors, got shape {x.shape}')
+    raise ValueError(f'correlation_matrix: need (N ≥ 2, d) descriptors, got shape {x.shape}')
   x = x - x.mean(axis=0)
   std = x.std(axis=0)
-  x = x / np.where(std > 0, std, 1.0)  # a constant dimension correlates with nothing (a zero row)
-  corr = x.T @ x / len(x)
-  return np.linalg.eigvalsh(corr)[::-1].clip(min=0.0)
+  x = x / np.where(std > 0, std, 1.0)
+  return x.T @ x / len(x)
+
+
+def correlation_spectrum(descriptors: np.ndarray) -> np.ndarray:
+  """Eigenvalues, largest first, of the descriptors' correlation matrix (they sum to d)."""
+  return np.linalg.eigvalsh(correlation_matrix(descriptors))[::-1].clip(min=0.0)
 
 
 def participation_ratio(eigenvalues: np.ndarray) -> float:
@@ -78,11 +82,9 @@ def describe(descriptors: np.ndarray, target: np.ndarray | None = None,
 
 
 def _mean_abs_offdiag(descriptors: np.ndarray) -> float:
-  x = np.asarray(descriptors, np.float64)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    corr = np.nan_to_num(np.corrcoef(x.T))
+  corr = np.abs(correlation_matrix(descriptors))
   d = corr.shape[0]
-  return float((np.abs(corr).sum() - np.abs(np.diag(corr)).sum()) / max(d * (d - 1), 1))
+  return float((corr.sum() - np.trace(corr)) / max(d * (d - 1), 1))
 
 
 def format_line(name: str, stats: dict[str, Any]) -> str:

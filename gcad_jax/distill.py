@@ -339,13 +339,13 @@ def inspect(files: Sequence[str], s: DistillSettings, log: Callable = print) -> 
   same p and widths, on the held-out crops of `s.image_dir` with the targets of `s`."""
   s.validate()
   paths = [str(teacher_weights.shipped_path(p)) for p in teacher.PATCH_SIZES] if list(files) == ['shipped'] else files
+  images = distill_data.load_image_bank(s.image_dir, s.imagenet_resize, s.cache_dir, log)
+  _, held = distill_data.split_images(len(images), s.heldout_every)
   results = []
   for path in paths:
     loaded = teacher_weights.read_teacher_file(path)
     p = loaded['p'] or s.p
     run = dataclasses.replace(s, p=p)
-    images = distill_data.load_image_bank(run.image_dir, run.imagenet_resize, run.cache_dir, log)
-    _, held = distill_data.split_images(len(images), run.heldout_every)
     bank = distill_data.target_bank(run, images, held if len(held) else np.arange(len(images)), run.heldout_crops,
                                     'heldout', log)
     template = make_teacher(run).init(jax.random.PRNGKey(run.seed), jnp.zeros((1, p, p, 3)))['params']
