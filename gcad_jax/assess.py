@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from gcad_jax import evaluate, export, input_pipeline, parallel, report, scoring
+from gcad_jax import evaluate, input_pipeline, map_files, parallel, report, scoring
 from tfds_loco import layout
 
 
@@ -89,7 +89,7 @@ def assess_test_split(config, workdir, models: Mapping[int, tuple], mesh, step: 
 
   steps = scale_steps(config, models, step)
   recorded = {'step': int(step), 'steps': {str(p): s for p, s in steps.items()}, 'scales': [int(p) for p in models]}
-  exported = export.export_variants(workdir, category, cat_dir, full, branch_maps=branch_maps_enabled(config),
+  exported = map_files.export_variants(workdir, category, cat_dir, full, branch_maps=branch_maps_enabled(config),
                                     description=recorded)
   image_scores = exported['combined']['image_scores']
   _say('wrote %d maps to %s', len(image_scores), exported['combined']['root'])

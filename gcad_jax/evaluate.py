@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from gcad_jax import export
+from gcad_jax import map_files
 from gcad_jax.metrics import auroc as auroc_lib
 from gcad_jax.metrics import pools as pools_lib
 from gcad_jax.metrics import spro
@@ -66,12 +66,12 @@ class _ScoredImage:
   warnings: list[str]
 
 
-def _score_image(record: layout.ImageRecord, source: export.MapSource, cat_dir: pathlib.Path,
+def _score_image(record: layout.ImageRecord, source: map_files.MapSource, cat_dir: pathlib.Path,
                  defects: Mapping[int, layout.DefectType]) -> _ScoredImage:
   header = layout.read_png_header(record.path)
   size_hw = (header.height, header.width)
   where = source.where(record.image_id)
-  scores = export.check_map_scores(source.load(record.image_id), where, record, size_hw)
+  scores = map_files.check_map_scores(source.load(record.image_id), where, record, size_hw)
   channels = layout.read_ground_truth(cat_dir, record, dict(defects), size_hw)
   notes = []
   if not channels:
@@ -120,7 +120,7 @@ def _ordered_map(fn: Callable, items: Sequence, num_workers: int) -> Iterator:
         future.cancel()
 
 
-def _read_images(cat_dir: pathlib.Path, records: Sequence[layout.ImageRecord], source: export.MapSource,
+def _read_images(cat_dir: pathlib.Path, records: Sequence[layout.ImageRecord], source: map_files.MapSource,
                  defects: Mapping[int, layout.DefectType], num_workers: int
                  ) -> tuple[list[_ScoredImage], dict[str, pools_lib.NegativeBuffer]]:
   """One pass over the images: each map read once, its negatives copied into the buffer of its kind."""
@@ -271,7 +271,7 @@ class _Laps:
     return {**self.seconds, 'total': round(time.perf_counter() - self.started, 3)}
 
 
-def evaluate_category(dataset_category_dir: str | os.PathLike, maps: export.MapsArg, *, allow_missing: bool = False,
+def evaluate_category(dataset_category_dir: str | os.PathLike, maps: map_files.MapsArg, *, allow_missing: bool = False,
                       thresholds: Sequence[float] | None = None, limits: Sequence[float] = spro.LIMITS,
                       per_defect_type: bool = True, curve_points: int = 1000, num_workers: int | None = None,
                       thresholds_source: str | None = None) -> dict:
@@ -305,8 +305,8 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: export.Maps
   defects = layout.read_defects_config(cat_dir / layout.DEFECTS_CONFIG)
   records = layout.list_split(cat_dir, 'test')
   layout.check_ground_truth_folders(cat_dir, records)
-  source = export.map_source(maps, records)
-  records, missing = export.split_missing(source, records, allow_missing)
+  source = map_files.map_source(maps, records)
+  records, missing = map_files.split_missing(source, records, allow_missing)
   if thresholds is not None:
     thresholds = spro.check_thresholds(thresholds)
   num_workers = num_workers or min(2, os.cpu_count() or 1)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from gcad_jax import assess, evaluate, export, input_pipeline, parallel, predict, report, scoring
+from gcad_jax import assess, evaluate, input_pipeline, map_files, parallel, predict, report, scoring
 from tfds_loco import layout
 import test_scoring
 
@@ -59,11 +59,11 @@ def test_eval_writes_maps_metrics_report_and_image_score_is_the_tiff_max(assesse
     assert per_type and all(row is None or 0.0 <= row['auc_roc'] <= 1.0 for row in per_type.values())
   assert 'Per defect type' in (workdir / 'report.md').read_text()
   for folder in ('anomaly_maps', 'anomaly_maps_local', 'anomaly_maps_global'):
-    assert export.is_complete(workdir / folder)
+    assert map_files.is_complete(workdir / folder)
   again = evaluate.evaluate_category(cat_dir, workdir / 'anomaly_maps' / gen.CATEGORY, num_workers=1,
                                      per_defect_type=False)
   assert again['localization']['auc_spro'] == metrics['localization']['auc_spro']
-  scores = export.read_marker(workdir / 'anomaly_maps')['image_scores']
+  scores = map_files.read_marker(workdir / 'anomaly_maps')['image_scores']
   for image_id in test.image_ids[:4]:
     tiff = tifffile.imread(workdir / 'anomaly_maps' / gen.CATEGORY / f'{image_id}.tiff')
     assert tiff.shape == (gen.HEIGHT, gen.WIDTH)  # the original size, not the network's 64²
@@ -142,4 +142,4 @@ def test_report_shows_each_scales_step(assessed, tmp_path):
     out = assess.assess_test_split(config, tmp_path, two, mesh, step=240, val_data=val, test_data=test)
   assert 'Checkpoint steps p17 120, p33 240; scales [17, 33]' in (tmp_path / report.REPORT_FILE).read_text()
   assert out['metrics']['gcad_jax']['steps'] == {'17': 120, '33': 240} and out['metrics']['gcad_jax']['step'] == 240
-  assert export.read_marker(tmp_path / 'anomaly_maps')['steps'] == {'17': 120, '33': 240}
+  assert map_files.read_marker(tmp_path / 'anomaly_maps')['steps'] == {'17': 120, '33': 240}

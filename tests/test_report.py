@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from gcad_jax import evaluate, export, report, scoring
+from gcad_jax import evaluate, map_files, report, scoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
@@ -32,7 +32,7 @@ def test_metrics_json_has_official_keys_variants_and_ours(evaluated, tmp_path):
   cat_dir, maps, metrics = evaluated
   combined = report.assemble_metrics(metrics['combined'], {'local': metrics['local'], 'global': metrics['global']},
                                      extra={'step': 7})
-  marker = export.write_maps(tmp_path / 'anomaly_maps', CAT, cat_dir, maps['combined'])
+  marker = map_files.write_maps(tmp_path / 'anomaly_maps', CAT, cat_dir, maps['combined'])
   path = report.write_category_report(tmp_path, combined, CAT, cat_dir, maps['combined'], marker['image_scores'],
                                       step=7)
   written = json.loads((tmp_path / 'metrics.json').read_text())

@@ -12,7 +12,7 @@ import pathlib
 import numpy as np
 import tifffile
 
-from gcad_jax import evaluate, export, report
+from gcad_jax import evaluate, map_files, report
 from tfds_loco import layout
 
 FOLDERS = {'combined': 'anomaly_maps', 'local': 'anomaly_maps_local', 'global': 'anomaly_maps_global'}
@@ -43,7 +43,7 @@ def _check_maps(root: pathlib.Path, category: str, records) -> dict[str, np.ndar
   written = sorted(p.relative_to(root / category).with_suffix('').as_posix()
                    for p in (root / category / 'test').glob('*/*.tiff'))
   assert written == sorted(r.image_id for r in records), f'{root}: one map per test image, no other'
-  scores = export.read_marker(root)['image_scores']
+  scores = map_files.read_marker(root)['image_scores']
   assert scores == {image_id: float(a.max()) for image_id, a in maps.items()}
   return maps
 

@@ -34,7 +34,7 @@ PLATEAU_FRACTION = 1.0 / 49.0  # §10.1: one value over ~2 % of the pooled pixel
 MAX_MAGNITUDE = 32.0  # §10.2: NumPy ≥ 2 loses the ±1e-6 offsets above this
 
 
-class ExportWarning(UserWarning):
+class MapFilesWarning(UserWarning):
   """A map set the official script may mis-handle (plateau, large magnitude); ours handles it."""
 
 
@@ -146,7 +146,7 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
       notes.append(f'{category}: |score| reaches {magnitude:.3g} > {MAX_MAGNITUDE:g}: run the official script '
                    'under NumPy 1.x (docs/data_format.md §10.2)')
     for note in notes:
-      warnings.warn(note, ExportWarning, stacklevel=2)
+      warnings.warn(note, MapFilesWarning, stacklevel=2)
     marker = {'category': category, 'dataset_category_dir': str(dataset_category_dir),
               'num_maps': len(records), 'size_hw': list(size_hw) if size_hw else None, 'dtype': 'float32',
               'largest_value_fraction': fraction, 'max_abs_score': magnitude, 'warnings': notes,
@@ -181,7 +181,7 @@ def is_complete(root: str | os.PathLike) -> bool:
 def read_marker(root: str | os.PathLike) -> dict:
   path = pathlib.Path(root) / MARKER
   if not path.is_file():
-    raise FileNotFoundError(f'{path} is missing: {root} is incomplete or was not written by gcad_jax.export')
+    raise FileNotFoundError(f'{path} is missing: {root} is incomplete or was not written by gcad_jax.map_files')
   return json.loads(path.read_text())
 
 
