@@ -54,7 +54,7 @@ PAPER = {
     'eloc': {'d_loc': 128, 'widths': (128, 256, 256), 'leaky_slope': 5e-3, 'final_activation': 'linear',
              'p33_first_kernel': 5, 'pad_mode': 'zeros'},
     'eglo': {'g': 32, 'd_glo': 10, 'enc_channels': (32, 32, 64, 64, 64, 64),
-             'dec_channels': (64, 64, 64, 64, 32, 32, 32), 'leaky_slope': 0.2, 'skip_levels': 5,
+             'dec_channels': (64, 64, 64, 64, 32, 32, 32), 'leaky_slope': 0.2,
              'skip_fade': {'mode': 'sequential', 'end_epoch': 100.0}},
     'u': {'hidden': (128, 128), 'leaky_slope': 0.2},
     'unet': {'depth': 5, 'wf': 6, 'padding': True},
@@ -124,17 +124,8 @@ def preset_config(name: str, **overrides: Any) -> tuple[types.SimpleNamespace, i
 
 def file_config(path: str, scale: int | None, **overrides: Any) -> tuple[Any, int]:
   """(ConfigDict, p) from a config file `path[:argument]` (imports configlib, i.e. ml_collections)."""
-  file, _, arg = path.partition(':')
-  spec = importlib.util.spec_from_file_location('bench_config', file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  for key, value in overrides.items():
-    *groups, field = key.split('.')
-    node = config
-    for group in groups:
-      node = node[group]
-    node[field] = value
+  from gcad_jax import configlib  # pylint: disable=g-import-not-at-top
+  config = configlib.load_config(path, overrides)
   return config, tuple(config.model.scales)[-1] if scale is None else scale
 
 
@@ -165,8 +156,7 @@ def train_step(state: dict, frozen: dict, x: jnp.ndarray, f: jnp.ndarray | None 
   """
   tx = optimizer(config)
   fade = config.eglo.skip_fade
-  weights = global_net.skip_weights(state['step'] / steps_per_epoch, mode=fade.mode, end_epoch=fade.end_epoch,
-                                    levels=config.eglo.skip_levels)
+  weights = global_net.skip_weights(state['step'] / steps_per_epoch, mode=fade.mode, end_epoch=fade.end_epoch)
   if f is None:
     f = gcad.eloc_features(nets, frozen['e_loc'], frozen['stats'], x)
 
@@ -437,7 +427,7 @@ def torch_runners(config: Any, p: int, modes: tuple[str, ...], batch: int, iters
           for _ in range(n):
             model.anomaly_maps(x)
       else:
-        def run(n, x=x, net=getattr(model, mode), skips=[0.0] * config.eglo.skip_levels, mode=mode):
+        def run(n, x=x, net=getattr(model, mode), skips=[0.0] * len(global_net.SKIP_NAMES), mode=mode):
           with torch.inference_mode():
             for _ in range(n):
               net(x, skips) if mode == 'e_glo' else net(x)
