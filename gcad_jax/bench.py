@@ -45,8 +45,8 @@ from gcad_jax.bench_runners import Runner
 from gcad_jax.models import gcad, global_net, teacher, unet
 from gcad_jax.xla_cpu import CPU_XLA_FLAGS, cpuinfo, set_cpu_xla_flags
 
-# name: (config file of the checkout, p). `cpu` is the demo's and CI's config (augmentation off), the paper
-# presets train with augmentation on, as configs/loco.py does.
+# name: (config file of the checkout, p). `cpu` trains without augmentation, as configs/synthetic.py does;
+# the paper presets with it, as configs/loco.py does.
 PRESETS = {'paper_p33': ('configs/loco.py', 33), 'paper_p17': ('configs/loco.py', 17),
            'cpu': ('configs/synthetic.py', 17), 'tiny': ('configs/tiny.py', 17)}
 
