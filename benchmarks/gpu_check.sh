@@ -5,11 +5,11 @@
 #
 # Runs `python -m gcad_jax.bench` at 256² for p = 33 and p = 17, bfloat16 and float32: training at batch
 # 16 (the paper's) and 64, inference at batch 16 and 64, latency at batch 1, and an interleaved A/B of the
-# model's layer forms. Every run appends to
-# OUT_DIR/gpu_check.json and its table to OUT_DIR/gpu_check.log. Needs only jax (with CUDA), flax, optax and
-# numpy: gcad_jax.bench imports no clu, TFDS, TensorFlow or ml_collections. Every run is cut at a 285 s
-# budget (GPU_CHECK_BUDGET_S) and later ones skipped, so the script stays under 5 minutes; the most important
-# come first.
+# model's layer forms. The training rows include augmentation, as configs/loco.py trains. Every run appends
+# to OUT_DIR/gpu_check.json and its table to OUT_DIR/gpu_check.log. Needs jax (with CUDA), flax, optax,
+# orbax and ml_collections (a pure-Python wheel to carry: docs/performance.md); gcad_jax.bench imports no
+# clu, TFDS or TensorFlow. Every run is cut at a 285 s budget (GPU_CHECK_BUDGET_S) and later ones skipped,
+# so the script stays under 5 minutes; the most important come first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR=${1:-${OUT:-bench_results}}

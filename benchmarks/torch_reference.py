@@ -18,6 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 PAD_MODES = {'zeros': 'constant', 'reflect': 'reflect', 'edge': 'replicate'}
+SKIP_LEVELS = 5  # E_glo's skips u, v, w, x, y (docs/method.md §4.1)
 
 
 def _layer_list(p: int, first_kernel: int) -> tuple[tuple[int, bool], ...]:
@@ -185,7 +186,7 @@ class GCAD(nn.Module):
   def train_step(self, x, epoch: float = 0.0, f=None):
     """One Adam step on the batch mean of the total loss; `f` given = E_loc features cached."""
     fade = self.config.eglo.skip_fade
-    weights = skip_weights(epoch, fade.mode, fade.end_epoch, self.config.eglo.skip_levels)
+    weights = skip_weights(epoch, fade.mode, fade.end_epoch, SKIP_LEVELS)
     f = self.features(x) if f is None else f
     losses = self.losses(x, f, weights)
     loss = losses['total'].mean()
@@ -200,7 +201,7 @@ class GCAD(nn.Module):
     """(A_loc, A_glo): per-pixel L2 norms of the residuals, skips at 0 (docs/method.md §8 step 1)."""
     with torch.inference_mode():
       f = self.features(x)
-      z = self.e_glo(x, [0.0] * self.config.eglo.skip_levels)
+      z = self.e_glo(x, [0.0] * SKIP_LEVELS)
       a_loc = (f - self.r_loc(x)).square().sum(1).sqrt()
       a_glo = (z - self.r_glo(x)).square().sum(1).sqrt()
     return a_loc, a_glo

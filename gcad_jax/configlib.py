@@ -7,6 +7,12 @@ Field names follow docs/method.md §12 (with `dataset.*` for `data.*`, as the is
 
 from __future__ import annotations
 
+import importlib.util
+import pathlib
+import types
+from typing import Any, Mapping
+
+from absl import logging
 import ml_collections
 
 from tfds_loco import categories
@@ -24,6 +30,9 @@ CATEGORY_FLIPS = {
 REAL_CATEGORIES = categories.LOCO_CATEGORIES
 SYNTHETIC_CATEGORIES = categories.SYNTHETIC_CATEGORIES
 RECEPTIVE_FIELDS = (17, 33)
+# Fields that accepted a single value and that nothing read, deleted on 2026-12-06; workdirs trained before
+# then still hold them in config.json (`drop_retired_keys`).
+RETIRED_KEYS = ('dataset.normalize', 'eloc.stats', 'eglo.skip_levels', 'score.upsample', 'score.gaussian_sigma')
 SHIPPED_TEACHER_WIDTHS = (128, 256, 256)  # gcad_jax/weights/MODEL_CARD.md
 
 
@@ -44,7 +53,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = ''
   config.dataset.image_size = (256, 256)  # (H, W) network input; aspect ratio not kept [I]
   config.dataset.resize_method = 'bilinear_antialias'  # docs/method.md §12 #15
-  config.dataset.normalize = 'imagenet'  # docs/method.md §12 #16
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -69,7 +77,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.eloc.final_activation = 'linear'  # 'linear' or 'leaky_relu' (docs/method.md §12 #10)
   config.eloc.p33_first_kernel = 5  # docs/method.md §12 #8
   config.eloc.pad_mode = 'zeros'  # zeros in normalised space (docs/method.md §12 #9); or 'reflect', 'edge'
-  config.eloc.stats = 'per_channel'  # docs/method.md §12 #11
 
   config.teacher = ml_collections.ConfigDict()
   # 'shipped' (gcad_jax/weights, docs/method.md §3.5; needs the paper's eloc.widths and d_loc), 'random'
@@ -82,7 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.eglo.enc_channels = (32, 32, 64, 64, 64, 64)
   config.eglo.dec_channels = (64, 64, 64, 64, 32, 32, 32)  # d0, d1..d5, d6 (docs/method.md §4.2)
   config.eglo.leaky_slope = 0.2
-  config.eglo.skip_levels = 5
   config.eglo.skip_fade = ml_collections.ConfigDict()
   config.eglo.skip_fade.mode = 'sequential'  # or 'simultaneous' (docs/method.md §4.3)
   config.eglo.skip_fade.end_epoch = 100.0  # all skips 0 from here on; sequential windows = end / levels
@@ -126,8 +132,6 @@ def base_config() -> ml_collections.ConfigDict:
   # A^(p) from the normalised branch maps: 'sum' = Â_loc + Â_glo (docs/method.md §8 step 2) [P]; 'max' = their
   # pixelwise maximum [I], an alternative for when one branch's noise drowns the other's finding.
   config.score.fusion = 'sum'
-  config.score.upsample = 'bilinear'
-  config.score.gaussian_sigma = 0.0
   # Score the test split in --mode=eval / train_and_eval: maps, metrics.json, report.md (gcad_jax.assess).
   config.score.enabled = True
 
@@ -172,6 +176,50 @@ def teacher_distill_config(p: int) -> ml_collections.ConfigDict:
   t.log_every = 50
   t.deadline_minutes = 0.0  # 0 = none; else checkpoint and export after this many minutes
   return config
+
+
+def config_module(path) -> types.ModuleType:
+  """A config file (configs/*.py) as a module, loaded from its path as ml_collections.config_flags does."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f'config file {path} not found; name a file such as configs/synthetic.py (the '
+                            'configs/ folder of a gcad_jax checkout)')
+  spec = importlib.util.spec_from_file_location(f'gcad_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load_config(spec, overrides: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """`get_config(argument)` of a config file named as on a command line, `path[:argument]`
+  (configs/loco.py:pushpins), with dotted `overrides` ({'unet.depth': 4}) applied; the one loader."""
+  path, _, argument = str(spec).partition(':')
+  module = config_module(path)
+  config = module.get_config(argument) if argument else module.get_config()
+  return override(config, overrides or {})
+
+
+def override(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields in place ({'eglo.skip_fade.end_epoch': 2.0}); an unknown field is an error naming it."""
+  for key, value in overrides.items():
+    *groups, field = key.split('.')
+    node = config
+    for group in groups:
+      node = node.get(group) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or field not in node:
+      raise ConfigError(f'config.{key}: is not a config field; see gcad_jax/configlib.base_config for the fields')
+    node[field] = value
+  return config
+
+
+def drop_retired_keys(saved: dict, where: str = 'a saved config') -> dict:
+  """A saved config (a workdir's config.json, as a dict) without RETIRED_KEYS, each dropped with a debug note."""
+  saved = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+  for key in RETIRED_KEYS:
+    group, field = key.split('.')
+    if isinstance(saved.get(group), dict) and field in saved[group]:
+      logging.debug('%s: config.%s (%r) is a retired field, ignored', where, key, saved[group].pop(field))
+  return saved
 
 
 class ConfigError(ValueError):
@@ -229,7 +277,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(height > 0 and width > 0 and height % 64 == 0 and width % 64 == 0, 'dataset.image_size',
            f'{tuple(config.dataset.image_size)} must be positive multiples of 64 (E_glo halves it six times)')
   _one_of(config, 'dataset.resize_method', ('bilinear_antialias', 'bilinear'))
-  _one_of(config, 'dataset.normalize', ('imagenet',))
   for p in config.model.scales:
     _require(p in RECEPTIVE_FIELDS, 'model.scales', f'receptive field {p} is not one of {RECEPTIVE_FIELDS}')
   _require(len(config.model.scales) > 0, 'model.scales', 'needs at least one receptive field')
@@ -241,7 +288,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _one_of(config, 'eglo.skip_fade.mode', ('sequential', 'simultaneous'))
   _one_of(config, 'optim.schedule', ('constant', 'cosine'))
   _require(config.eglo.skip_fade.end_epoch >= 0, 'eglo.skip_fade.end_epoch', 'must be >= 0')
-  _require(config.eglo.skip_levels == 5, 'eglo.skip_levels', 'E_glo has exactly five skip levels (docs/method.md §4.1)')
   _require(config.unet.depth >= 1, 'unet.depth', 'must be >= 1')
   _require(config.train.epochs > 0, 'train.epochs', f'{config.train.epochs} must be > 0')
   _require(config.train.batch_size > 0, 'train.batch_size', f'{config.train.batch_size} must be > 0')
@@ -261,9 +307,6 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.optim.weight_decay >= 0, 'optim.weight_decay', 'must be >= 0')
   _one_of(config, 'score.norm', ('scalar', 'per_pixel'))
   _one_of(config, 'score.fusion', ('sum', 'max'))
-  _one_of(config, 'score.upsample', ('bilinear',))
-  _require(config.score.gaussian_sigma == 0, 'score.gaussian_sigma',
-           'smoothing is not implemented (docs/method.md §8 step 4 applies none); set it to 0')
   _one_of(config, 'augment.fill', ('edge', 'zeros'))
   _require(0 <= config.augment.jitter < 1, 'augment.jitter', 'must be in [0, 1)')
   return config

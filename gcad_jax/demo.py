@@ -19,22 +19,11 @@ Usage: python -m gcad_jax.demo [--category synthetic_tray] [--seed 0] [--workdir
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(path: pathlib.Path, argument: str = ''):
-  """get_config() of a config file, as ml_collections.config_flags would load it."""
-  if not path.is_file():
-    raise SystemExit(f'config file {path} not found; run the demo from a checkout of gcad_jax')
-  spec = importlib.util.spec_from_file_location(f'gcad_config_{path.stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(argument) if argument else module.get_config()
 
 
 def _say(message: str) -> None:
@@ -61,7 +50,7 @@ def main(argv=None) -> int:
   from tfds_loco import build as tfds_build
   from tfds_loco import synthetic
 
-  from gcad_jax import summaries
+  from gcad_jax import configlib, summaries
 
   # Progress: training and evaluation log at INFO (absl shows only warnings without app.run); library
   # detail (Orbax's per-save lines, TFDS's build lines) is dropped as in main.py.
@@ -87,7 +76,10 @@ def main(argv=None) -> int:
   _say('  ' + ', '.join(f'{name}: {split.num_examples}' for name, split in builder.info.splits.items()))
 
   _say(f'step 3/3: train and evaluate GCAD with configs/synthetic.py in {args.workdir}')
-  config = load_config(ROOT / 'configs' / 'synthetic.py', 'short' if args.schedule == 'short' else '')
+  config_file = ROOT / 'configs' / 'synthetic.py'
+  if not config_file.is_file():
+    raise SystemExit(f'config file {config_file} not found; run the demo from a checkout of gcad_jax')
+  config = configlib.load_config(f'{config_file}:short' if args.schedule == 'short' else config_file)
   hint = '; --schedule full trains the one docs/quality.md measures' if args.schedule == 'short' else ''
   _say(f'  schedule: {args.schedule} (scales {list(config.model.scales)}, {config.train.epochs} epochs, R_glo '
        f'from epoch {config.train.rglo_start_epoch:g}, skips gone by {config.eglo.skip_fade.end_epoch:g}, '

@@ -2,7 +2,7 @@
 
 docs/data_format.md §8 (map layout), §9 (what is computed), §11 (exact mode, explicit thresholds, input checks).
 It reads files only and knows nothing of the model, so it scores any method's maps (found, read and
-checked by `export`, which also writes them; pools and summary thresholds from `metrics.pools`):
+checked by `map_files`, which also writes them; pools and summary thresholds from `metrics.pools`):
 
   python -m gcad_jax.evaluate --dataset_base_dir D --anomaly_maps_dir M --object_name C --output_dir O \
       [--allow_missing] [--thresholds_from official/metrics.json] [--num_workers 2]

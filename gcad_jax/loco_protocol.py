@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import importlib.util
 import inspect
 import json
 import os
@@ -126,10 +125,8 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str]]:
 @functools.lru_cache(maxsize=None)
 def _takes_argument(config_path: pathlib.Path) -> bool:
   """Whether the config file's get_config takes an argument string (configs/loco.py:category)."""
-  spec = importlib.util.spec_from_file_location('_gcad_protocol_config', config_path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return bool(inspect.signature(module.get_config).parameters)
+  from gcad_jax import configlib  # pylint: disable=g-import-not-at-top
+  return bool(inspect.signature(configlib.config_module(config_path).get_config).parameters)
 
 
 def main_flags(config_path: pathlib.Path, run: Run, manual_dir, overrides) -> list[str]:

@@ -91,12 +91,13 @@ class Model:
 def load(workdir, mesh=None) -> Model:
   """The model of `workdir`: W/config.json, the latest checkpoint of every scale, W/score_norm.json."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from gcad_jax import parallel, scoring, train  # pylint: disable=g-import-not-at-top
+  from gcad_jax import parallel, run_info, scoring, train  # pylint: disable=g-import-not-at-top
   workdir = pathlib.Path(workdir)
-  path = workdir / 'config.json'
-  if not path.is_file():
-    raise FileNotFoundError(f'{path} is missing: {workdir} is not a gcad_jax workdir (train it first)')
-  config = ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = run_info.saved_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f'{workdir / "config.json"} is missing: {workdir} is not a gcad_jax workdir '
+                            '(train it first)')
+  config = ml_collections.ConfigDict(saved)
   stats = scoring.load_norm_stats(workdir)
   mesh = parallel.make_mesh() if mesh is None else mesh
   models = {}

@@ -144,6 +144,15 @@ def _pyplot():
   return plt
 
 
+def _save(plt, fig, path: pathlib.Path, dpi: int = 100) -> pathlib.Path:
+  """Lays out, writes and closes `fig`; atomically, so no half-written plot stands under its final name."""
+  fig.tight_layout()
+  with atomic_io.replacing(path) as tmp:
+    fig.savefig(tmp, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def plot_spro_curves(metrics: Mapping, path: pathlib.Path, limit: float = 0.3) -> pathlib.Path:
   """sPRO against FPR per anomaly kind, up to FPR `limit`, with the 0.05 limit marked."""
   plt = _pyplot()
@@ -154,11 +163,7 @@ def plot_spro_curves(metrics: Mapping, path: pathlib.Path, limit: float = 0.3) -
   ax.axvline(0.05, color='grey', ls='--', lw=0.8)
   ax.set(xlim=(0, limit), ylim=(0, 1), xlabel='FPR', ylabel='sPRO', title='sPRO curves (combined maps)')
   ax.legend()
-  fig.tight_layout()
-  with atomic_io.replacing(path) as tmp:  # No half-written plot under its final name.
-    fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pathlib.Path:
@@ -176,11 +181,7 @@ def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pa
   ax.plot([0, 1], [0, 1], color='grey', ls=':', lw=0.8)
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel='FPR', ylabel='TPR', title='Image ROC (combined maps)')
   ax.legend()
-  fig.tight_layout()
-  with atomic_io.replacing(path) as tmp:  # No half-written plot under its final name.
-    fig.savefig(tmp, dpi=100)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
@@ -210,12 +211,7 @@ def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir
     ax.set_title(f'{r.image_id}  max {arrays[r.image_id].max():.2f}', fontsize=8)
     ax.axis('off')
     fig.colorbar(im, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    path = out_dir / f'{r.kind}_{r.stem}.png'
-    with atomic_io.replacing(path) as tmp:
-      fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, out_dir / f'{r.kind}_{r.stem}.png', dpi=80))
   return written
 
 

@@ -83,6 +83,15 @@ def write_json(path: epath.Path, value) -> None:
     atomic_io.write_json(path, value, indent=2, sort_keys=True, default=str)
 
 
+def saved_config(workdir) -> dict | None:
+  """workdir/config.json as a dict, fields retired since it was written dropped (configlib.RETIRED_KEYS);
+  None where there is none. Every reader of a workdir's config goes through this."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    return None
+  return configlib.drop_retired_keys(json.loads(path.read_text()), str(path))
+
+
 def write_run_files(config, workdir, resume: bool = False) -> dict:
   """workdir/config.json (the resolved config) and workdir/provenance.json; returns this run's provenance.
 
@@ -117,7 +126,7 @@ def finish_run(workdir, info: dict, train_wall_s: float) -> None:
 
 # Config fields that fix what a workdir's checkpoints were trained on: resuming or evaluating under a config
 # that differs in one of them is refused (issue 7). Scoring, export and schedule fields may differ.
-RUN_KEYS = ('dataset.category', 'dataset.image_size', 'dataset.resize_method', 'dataset.normalize') + MODEL_KEYS
+RUN_KEYS = ('dataset.category', 'dataset.image_size', 'dataset.resize_method') + MODEL_KEYS
 
 
 def _differences(saved, now, key: str) -> list[tuple[str, Any, Any]]:
@@ -132,6 +141,15 @@ def _lookup(tree: dict, key: str):
   return tree
 
 
+def _differing_fields(config, workdir, keys, free=()) -> list[tuple[str, Any, Any]]:
+  """(field, saved, now) of each field under `keys`, except `free`, where `config` differs from workdir/config.json."""
+  saved = saved_config(workdir)
+  if saved is None:
+    return []
+  now = json.loads(config.to_json_best_effort())
+  return [d for key in keys for d in _differences(_lookup(saved, key), _lookup(now, key), key) if d[0] not in free]
+
+
 # Config fields whose change would make a resumed run another run (seed, optimiser, schedule, loss): resuming
 # training under a config that differs in one of them is refused. These train.* fields only say how often to
 # log and save, or where E_loc runs (bitwise the same result), and may change on a resume.
@@ -143,11 +161,7 @@ RESUME_FREE = ('train.log_every_steps', 'train.checkpoint_every_steps', 'train.k
 def check_same_training(config, workdir) -> None:
   """Refuses to resume the training in `workdir` with RESUME_KEYS that differ from workdir/config.json."""
   path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
-    return
-  saved, now = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
-  differing = [d for key in RESUME_KEYS for d in _differences(_lookup(saved, key), _lookup(now, key), key)
-               if d[0] not in RESUME_FREE]
+  differing = _differing_fields(config, workdir, RESUME_KEYS, RESUME_FREE)
   if differing:
     key, was, is_now = differing[0]
     raise configlib.ConfigError(
@@ -159,10 +173,7 @@ def check_same_training(config, workdir) -> None:
 def check_same_run(config, workdir) -> None:
   """Refuses a config whose RUN_KEYS differ from workdir/config.json (the config that trained it)."""
   path = epath.Path(workdir) / 'config.json'
-  if not path.exists():
-    return
-  saved, now = json.loads(path.read_text()), json.loads(config.to_json_best_effort())
-  differing = [d for key in RUN_KEYS for d in _differences(_lookup(saved, key), _lookup(now, key), key)]
+  differing = _differing_fields(config, workdir, RUN_KEYS)
   if differing:
     key, was, is_now = differing[0]
     raise configlib.ConfigError(

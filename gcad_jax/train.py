@@ -94,8 +94,7 @@ def fractional_epoch(step, steps_per_epoch: int):
 def skip_weights(config, epoch):
   """The five E_glo skip weights at fractional epoch `epoch` (docs/method.md §4.3)."""
   fade = config.eglo.skip_fade
-  return global_net.skip_weights(epoch, mode=fade.mode, end_epoch=fade.end_epoch,
-                                 levels=config.eglo.skip_levels)
+  return global_net.skip_weights(epoch, mode=fade.mode, end_epoch=fade.end_epoch)
 
 
 def eglo_grad_scale_in_lglo(config, epoch):

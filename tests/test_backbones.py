@@ -141,3 +141,20 @@ def test_resnet18_converter_reproduces_torchvision():
   features = np.asarray(apply(variables, resnet.normalise(image[:, top:top + 17, left:left + 17]),
                               features_only=True))
   assert np.abs(features - ref['features17']).max() <= 1e-4
+
+
+def test_state_dict_reader_refuses_other_architectures():
+  """Both converters read through backbones.state_dict: a missing entry and an unused one are errors that
+  name the architecture and the entry, never a partial load."""
+  from gcad_jax.backbones import state_dict  # pylint: disable=g-import-not-at-top
+  sd = {'c.weight': np.zeros((4, 3, 2, 2)), 'n.weight': np.ones(4), 'n.bias': np.zeros(4),
+        'n.running_mean': np.zeros(4), 'n.running_var': np.ones(4), 'n.num_batches_tracked': np.zeros(()),
+        'se.weight': np.zeros(1)}
+  reader = state_dict.StateDictReader(sd, 'Net')
+  assert reader.conv('c')['kernel'].shape == (2, 2, 3, 4)
+  params, stats = reader.batch_norm('n')
+  assert set(params) == {'scale', 'bias'} and set(stats) == {'mean', 'var'}
+  with pytest.raises(ValueError, match=r"Net state dict has unexpected entries \['se.weight'\] \(SE\?\)"):
+    reader.check_all_used('SE?')
+  with pytest.raises(KeyError, match=r'ResNet-18 state dict lacks .*conv1\.weight.*torchvision resnet18 naming'):
+    resnet.convert_state_dict({})

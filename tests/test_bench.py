@@ -1,5 +1,6 @@
-"""Tests of gcad_jax.bench (issue 6): the presets are the configs, the timed step is the training step, the
-PyTorch reference computes the same networks, and a smoke run of the benchmark itself (tiny shapes)."""
+"""Tests of gcad_jax.bench and gcad_jax.bench_runners (issue 6): the presets are the config files, the timed
+step is gcad_jax.train's, the PyTorch reference computes the same networks, and a smoke run of the benchmark
+itself (tiny shapes)."""
 
 import functools
 import json
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gcad_jax import bench
+from gcad_jax import bench, bench_runners, configlib, train
 from gcad_jax.models import gcad
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -23,26 +24,22 @@ def _smallest(**overrides):
   return bench.preset_config('tiny', **{'unet.depth': 2, 'train.batch_size': 2, **overrides})[0]
 
 
-def _flatten(tree, prefix=''):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, f'{prefix}{key}.')
-    else:
-      yield f'{prefix}{key}', value
+@pytest.mark.parametrize('preset, config_file, p', [('paper_p33', 'configs/loco.py', 33),
+                                                    ('paper_p17', 'configs/loco.py', 17),
+                                                    ('cpu', 'configs/synthetic.py', 17), ('tiny', 'configs/tiny.py', 17)])
+def test_presets_are_the_config_files(preset, config_file, p):
+  """Each preset is its config file (no copy of its values), at its scale; overrides apply on top."""
+  config, scale = bench.preset_config(preset, **{'model.dtype': 'bfloat16'})
+  want = configlib.load_config(ROOT / config_file, {'model.dtype': 'bfloat16'})
+  assert scale == p and json.loads(config.to_json_best_effort()) == json.loads(want.to_json_best_effort())
 
 
-@pytest.mark.parametrize('preset, config_file', [('paper_p33', 'configs/loco.py'), ('cpu', 'configs/synthetic.py'),
-                                                 ('tiny', 'configs/tiny.py')])
-def test_presets_are_the_config_files(preset, config_file):
-  """Each preset (plain dicts, no ml_collections) holds the same values as its config file."""
-  config, _ = bench.file_config(str(ROOT / config_file), None)
-  tree = bench._deep_update(bench.PAPER, bench.PRESETS[preset][0])
-  for key, value in _flatten(tree):
-    node = config
-    for part in key.split('.'):
-      node = node[part]
-    want = tuple(node) if isinstance(node, (list, tuple)) else node
-    assert want == value, f'{preset}: {key} is {value!r} in bench.py but {want!r} in {config_file}'
+def test_presets_outside_a_checkout_ask_for_the_config_file(tmp_path, monkeypatch):
+  """An installed gcad_jax has no configs/: a preset then names the file and the flag to pass."""
+  monkeypatch.setattr(bench_runners, 'CHECKOUT', tmp_path / 'site-packages')
+  with pytest.raises(FileNotFoundError, match=r'--preset=cpu is configs/synthetic\.py .* pass '
+                                              r'--config=PATH/TO/configs/synthetic\.py --scale=17'):
+    bench.preset_config('cpu')
 
 
 @pytest.mark.slow
@@ -61,7 +58,8 @@ def test_bench_smoke(tmp_path):
   assert rows['train']['gflops_per_image'] > 1.3 * rows['latency']['gflops_per_image']  # + backward, Adam
   # FLOPs are those of the program as written, the --flops_only count (GPUs' compiled count omits cuDNN's).
   config, p = bench.preset_config('tiny', **{'unet.depth': 2})
-  assert rows['latency']['gflops_per_image'] == pytest.approx(bench.flop_counts(config, p, 1, ('infer',))['infer'])
+  assert rows['latency']['gflops_per_image'] == pytest.approx(
+      bench_runners.flop_counts(config, p, 1, ('infer',))['infer'])
 
 
 def test_cost_of_without_a_lowered_analysis():
@@ -77,54 +75,30 @@ def test_cost_of_without_a_lowered_analysis():
     def memory_analysis(self):
       raise NotImplementedError
 
-  out = bench.cost_of(Analysed(None), Analysed({'flops': 1.0, 'bytes accessed': 8.0}))
+  out = bench_runners.cost_of(Analysed(None), Analysed({'flops': 1.0, 'bytes accessed': 8.0}))
   assert 'flops' not in out and 'flops_note' in out and out['bytes_accessed'] == 8.0
-  assert bench.cost_of(Analysed([{'flops': 5.0}]), Analysed({}))['flops'] == 5.0
-
-
-def _primitive_counts(jaxpr, names=('conv_general_dilated', 'dot_general')):
-  """How often each of `names` occurs in a closed jaxpr, sub-jaxprs included."""
-  counts = dict.fromkeys(names, 0)
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name in counts:
-      counts[eqn.primitive.name] += 1
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      for name, n in _primitive_counts(sub, names).items():
-        counts[name] += n
-  return counts
+  assert bench_runners.cost_of(Analysed([{'flops': 5.0}]), Analysed({}))['flops'] == 5.0
 
 
 @pytest.mark.slow
-def test_bench_step_is_the_training_step():
-  """bench.train_step does the work of gcad_jax.train.train_step in stage 2 (the same convolutions and
-  matmuls, forward and backward) with the same optimiser (traced only: no compile)."""
-  from gcad_jax import configlib, train  # pylint: disable=g-import-not-at-top (needs clu)
+def test_bench_times_the_training_step(monkeypatch):
+  """The `train` runner is gcad_jax.train.train_step in stage 2, with augmentation as the config sets it;
+  `train_cached` the same step with E_loc's features given and augmentation off (as train.cache_eloc)."""
+  calls = []
+  step = train.train_step
 
-  config = configlib.base_config()
-  for key, value in _flatten(bench._deep_update(bench.PAPER, bench.PRESETS['tiny'][0])):
-    group, *rest = key.split('.')
-    node = config[group]
-    for part in rest[:-1]:
-      node = node[part]
-    node[rest[-1]] = value
-  config.augment.enabled = False
-  nets = gcad.build_nets(config, 17)
-  state, frozen = jax.eval_shape(functools.partial(bench.make_state, config, nets), jax.random.key(0))
-  theirs = jax.eval_shape(lambda s, f: train.start_rglo(config, train.create_train_state(
-      config, s['params'], f['e_loc'], f['stats'])), state, frozen)
-  images = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.uint8)
-  x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-  their_step = functools.partial(train.train_step, nets=nets, config=config, steps_per_epoch=10, with_glo=True)
-  our_step = functools.partial(bench.train_step, nets=nets, config=config, steps_per_epoch=10)
-  counts = _primitive_counts(jax.make_jaxpr(their_step, axis_env=[('data', 1)])(theirs, images).jaxpr)
-  assert counts == _primitive_counts(jax.make_jaxpr(our_step)(state, frozen, x).jaxpr)
-  assert counts['conv_general_dilated'] > 50
+  def spy(state, images, features=None, **kwargs):
+    calls.append((kwargs['config'].augment.enabled, kwargs['with_glo'], features is not None))
+    return step(state, images, features, **kwargs)
 
-  tree = {'a': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones((4,))}
-  grads = jax.tree.map(lambda v: jnp.sin(v) + 0.5, tree)
-  ours, theirs = bench.optimizer(config), train.make_optimizer(config)
-  updates = [tx.update(grads, tx.init(tree), tree)[0] for tx in (ours, theirs)]
-  jax.tree.map(np.testing.assert_array_equal, *updates)
+  monkeypatch.setattr(train, 'train_step', spy)
+  config = _smallest()
+  assert config.augment.enabled  # configs/tiny.py, like configs/loco.py, trains with augmentation
+  runners = bench_runners.jax_runners(config, 17, ('train', 'train_cached'), 2, 1)
+  assert calls == [(True, True, False), (False, True, True)]
+  assert [r.info['augment'] for r in runners] == [True, False] and all(r.run for r in runners)
+  for runner in runners:
+    runner.run(2)  # the donated state is carried from step to step
 
 
 @pytest.mark.slow
@@ -132,32 +106,29 @@ def test_torch_reference_computes_the_same_networks():
   """benchmarks/torch_reference.py with gcad_jax's weights: same Eq. 2–5 terms and anomaly maps (float32)."""
   # CI (./run.sh test with CI=true installs torch==2.13.0) must run it; elsewhere it needs `pip install torch`.
   torch = __import__('torch') if os.environ.get('CI') == 'true' else pytest.importorskip('torch')
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location('torch_reference', ROOT / 'benchmarks' / 'torch_reference.py')
-  ref = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(ref)
+  ref = bench_runners.load_torch_reference()
 
   config = _smallest()
   nets = gcad.build_nets(config, 17)
-  state, frozen = jax.jit(functools.partial(bench.make_state, config, nets))(jax.random.key(1))
+  state = jax.jit(functools.partial(bench_runners.stage2_state, config, nets))(jax.random.key(1))
   rng = np.random.default_rng(0)
-  frozen['stats'] = {'mean': jnp.asarray(rng.normal(size=16), jnp.float32),
-                     'std': jnp.asarray(rng.uniform(0.5, 2, size=16), jnp.float32)}
+  state = state.replace(eloc_stats={'mean': jnp.asarray(rng.normal(size=16), jnp.float32),
+                                    'std': jnp.asarray(rng.uniform(0.5, 2, size=16), jnp.float32)})
   x = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
   model = ref.build(config, 17)
-  ref.load_jax_params(model, jax.device_get(state['params']), jax.device_get(frozen['e_loc']), frozen['stats'])
-  assert ref.param_count(model) == gcad.param_count(state['params']) + gcad.param_count(frozen['e_loc'])
+  ref.load_jax_params(model, jax.device_get(state.params), jax.device_get(state.e_loc_params), state.eloc_stats)
+  assert ref.param_count(model) == gcad.param_count(state.params) + gcad.param_count(state.e_loc_params)
 
   weights = jnp.asarray([1.0, 0.75, 0.5, 0.25, 0.0])
 
   @jax.jit
-  def ours(state, frozen, x):
-    f = gcad.eloc_features(nets, frozen['e_loc'], frozen['stats'], x)
-    return gcad.per_image_losses(nets, state['params'], f, x, weights, with_glo=True), bench.infer(
-        state, frozen, x, nets=nets)
+  def ours(state, x):
+    f = gcad.eloc_features(nets, state.e_loc_params, state.eloc_stats, x)
+    return gcad.per_image_losses(nets, state.params, f, x, weights, with_glo=True), bench_runners.infer(
+        state, x, nets=nets)
 
   with jax.default_matmul_precision('float32'):
-    losses, maps = ours(state, frozen, x)
+    losses, maps = ours(state, x)
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
   with torch.no_grad():
     theirs = model.losses(xt, model.features(xt), weights.tolist())
@@ -239,26 +210,42 @@ def test_subpixel_global_net_equals_strided_convolutions():
 
 
 def test_torch_reference_is_found_in_the_checkout_or_named_by_a_flag(tmp_path, monkeypatch):
-  """An installed gcad_jax has no benchmarks/: --torch then asks for --torch_reference (a clear error)."""
+  """An installed gcad_jax has no benchmarks/: --torch then asks for --torch_reference or the environment
+  variable (a clear error); the flag wins over the variable, the variable over the checkout."""
   monkeypatch.setitem(sys.modules, 'torch_reference', None)  # Loading registers it; restored afterwards.
-  assert bench.load_torch_reference().__file__ == str(ROOT / 'benchmarks' / 'torch_reference.py')
+  monkeypatch.delenv(bench_runners.TORCH_REFERENCE_ENV, raising=False)
+  assert bench_runners.load_torch_reference().__file__ == str(ROOT / 'benchmarks' / 'torch_reference.py')
   copy = tmp_path / 'ref.py'
   copy.write_text('NAME = "copy"\n')
-  assert bench.load_torch_reference(str(copy)).NAME == 'copy'
+  assert bench_runners.load_torch_reference(str(copy)).NAME == 'copy'
   with pytest.raises(FileNotFoundError, match=r'--torch: .*missing\.py does not exist; pass --torch_reference='):
-    bench.load_torch_reference(str(tmp_path / 'missing.py'))
-  monkeypatch.setattr(bench, '__file__', str(tmp_path / 'site-packages' / 'gcad_jax' / 'bench.py'))
-  with pytest.raises(FileNotFoundError, match=r'is not a source checkout.*pass --torch_reference='):
-    bench.load_torch_reference()
+    bench_runners.load_torch_reference(str(tmp_path / 'missing.py'))
+  monkeypatch.setattr(bench_runners, 'CHECKOUT', tmp_path / 'site-packages')
+  monkeypatch.setattr(bench_runners, '__file__', str(tmp_path / 'site-packages' / 'gcad_jax' / 'bench_runners.py'))
+  with pytest.raises(FileNotFoundError, match=r'is not a source checkout.*pass --torch_reference=.* or set '
+                                              r'GCAD_JAX_TORCH_REFERENCE'):
+    bench_runners.load_torch_reference()
+  monkeypatch.setenv(bench_runners.TORCH_REFERENCE_ENV, str(copy))
+  assert bench_runners.load_torch_reference().NAME == 'copy'
+  other = tmp_path / 'other.py'
+  other.write_text('NAME = "other"\n')
+  assert bench_runners.load_torch_reference(str(other)).NAME == 'other'
 
 
 @pytest.mark.slow
 def test_bench_imports_no_training_stack():
-  """`python -m gcad_jax.bench` runs where only jax, flax, optax and numpy are installed (issue 6, item 4)."""
+  """`python -m gcad_jax.bench` runs on an accelerator image without clu, TensorFlow and TFDS (issue 6, item 4;
+  issue 25): importing it and building and running a training-step runner with them hidden. It does import
+  orbax and ml_collections, through gcad_jax.train and the config files; the image has orbax, and
+  ml_collections is a pure-Python wheel carried to it (docs/performance.md, "Running the benchmark")."""
   import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  code = ('import sys; import gcad_jax.bench; '
-          'print(sorted({m.split(".")[0] for m in sys.modules} & {"clu", "tensorflow", "tensorflow_datasets", '
-          '"ml_collections", "torch", "orbax"}))')
-  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
-  assert out.stdout.strip() == '[]', out.stdout
+  code = ('import sys; import without_tensorflow; '
+          'without_tensorflow.BLOCKED = ("tensorflow", "clu", "tensorflow_datasets"); without_tensorflow.block(); '
+          'from gcad_jax import bench, bench_runners; '
+          'config, p = bench.preset_config("tiny", **{"unet.depth": 2}); '
+          'runner, = bench_runners.jax_runners(config, p, ("train",), 1, 1); runner.run(1); '
+          'print(runner.info.get("error"), sorted({m.split(".")[0] for m in sys.modules} & '
+          '{"clu", "tensorflow", "tensorflow_datasets", "torch"}))')
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT / 'tests'), str(ROOT)])}
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+  assert out.stdout.strip().splitlines()[-1] == 'None []', out.stdout + out.stderr[-2000:]

@@ -1,6 +1,5 @@
 """Teacher distillation (docs/method.md §3.5, §3.6) and the teacher weight files."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -12,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from gcad_jax import descriptor_stats, distill, distill_data, input_pipeline
+from gcad_jax import configlib, descriptor_stats, distill, distill_data, input_pipeline
 from gcad_jax.models import teacher, teacher_weights
 from tfds_loco import layout, synthetic
 
@@ -164,10 +163,7 @@ def test_shipped_teacher_gives_non_degenerate_dense_descriptors(p, synthetic_ima
 
 def test_teacher_configs_map_to_settings():
   for p in (17, 33):
-    spec = importlib.util.spec_from_file_location(f'teacher_p{p}', ROOT / 'configs' / f'teacher_p{p}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    s = distill.settings_from_config(module.get_config())
+    s = distill.settings_from_config(configlib.load_config(ROOT / 'configs' / f'teacher_p{p}.py'))
     assert (s.p, s.target, s.batch_size, s.iterations, s.learning_rate, s.weight_decay) == (
         p, 'efficientnet_lite0', 64, 50_000, 2e-4, 1e-5)
     assert tuple(s.widths) == (128, 256, 256) and s.d_out == 128

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tfds_loco import category_scan
 from tfds_loco import layout
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -91,7 +92,7 @@ def test_conversion_layout_mapping_and_masks(source, tmp_path):
   dent = layout.read_mask(out / 'ground_truth' / 'structural_anomalies' / '002' / '000.png')
   assert set(np.unique(dent)) == {0, value['dent']}
   # The builder's own full check accepts the folder.
-  scan = layout.scan_category(out, num_workers=1)
+  scan = category_scan.scan_category(out, num_workers=1)
   assert {s: len(v) for s, v in scan.splits.items()} == {'train': 8, 'validation': 2, 'test': 5}
 
 
@@ -103,7 +104,7 @@ def test_logical_defects_go_to_logical_anomalies(source, tmp_path):
   assert targets['test/crack/000.png'][1] == 'structural_anomalies'
   out = tmp_path / 'scratch' / 'data' / 'widget'
   assert (out / 'ground_truth' / 'logical_anomalies' / '000' / '000.png').is_file()
-  layout.scan_category(out, num_workers=1)
+  category_scan.scan_category(out, num_workers=1)
   with pytest.raises(real_images.ConversionError, match=r"--logical names \['scratch'\]"):
     real_images.convert(source, tmp_path / 'other', 'widget', val_fraction=0.1, logical=('scratch',))
 

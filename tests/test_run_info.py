@@ -41,3 +41,24 @@ def test_a_resume_keeps_config_json_and_appends_its_provenance(tmp_path):
   record = json.loads((tmp_path / 'provenance.json').read_text())
   assert (tmp_path / 'config.json').read_bytes() == config_json
   assert record['train_wall_s'] == 12.0 and [r['train_wall_s'] for r in record['resumes']] == [3.0]
+
+
+def test_an_old_workdir_with_retired_config_fields_still_resumes_evaluates_and_loads(tmp_path, caplog):
+  """A config.json written before configlib.RETIRED_KEYS were deleted: every reader drops them (debug note)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  run_info.write_run_files(_config(), tmp_path)
+  old = json.loads((tmp_path / 'config.json').read_text())
+  old['dataset']['normalize'], old['eloc']['stats'], old['eglo']['skip_levels'] = 'imagenet', 'per_channel', 5
+  old['score'].update(upsample='bilinear', gaussian_sigma=0.0)
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  assert len(configlib.RETIRED_KEYS) == 5
+  with caplog.at_level('DEBUG'):
+    saved = run_info.saved_config(tmp_path)
+  assert all(f'config.{key}' in caplog.text for key in configlib.RETIRED_KEYS)
+  assert saved['eglo'] == {k: v for k, v in old['eglo'].items() if k != 'skip_levels'}
+  run_info.check_same_run(_config(), tmp_path)  # eglo.skip_levels is in RUN_KEYS' 'eglo' section
+  run_info.check_same_training(_config(), tmp_path)
+  configlib.validate(ml_collections.ConfigDict(saved))  # as gcad_jax.predict.load builds it
+  unknown = r'config\.dataset\.normalize: is not a config field .*eglo\.skip_levels'
+  with pytest.raises(configlib.ConfigError, match=unknown):
+    configlib.validate(ml_collections.ConfigDict(old))

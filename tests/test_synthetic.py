@@ -287,9 +287,9 @@ def test_cli(tmp_path, capsys):
 
 @pytest.mark.parametrize('category', synthetic.CATEGORIES)
 def test_project_reader_agrees_with_manifest(small, category):
-  """The project's LOCO reader (tfds_loco.layout) accepts the folder and finds the manifest's channels."""
-  layout = pytest.importorskip('tfds_loco.layout')
-  scan = layout.scan_category(small / category, num_workers=1)
+  """The project's LOCO reader (tfds_loco.category_scan) accepts the folder and finds the manifest's channels."""
+  category_scan = pytest.importorskip('tfds_loco.category_scan')
+  scan = category_scan.scan_category(small / category, num_workers=1)
   got = {im.record.image_id: [(c.defect.pixel_value, c.area) for c in im.channels]
          for images in scan.splits.values() for im in images}
   man = _manifest(small, category)

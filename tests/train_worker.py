@@ -42,16 +42,9 @@ def fake_split(config, split: str, builder=None) -> input_pipeline.SplitData:
 
 
 def load_config(path, overrides: dict | None = None):
-  """get_config() of a config file, with {'train.epochs': 2, ...} applied."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(f'config_{pathlib.Path(path).stem}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  for key, value in (overrides or {}).items():
-    section, name = key.split('.')
-    config[section][name] = value
-  return config
+  """get_config() of a config file, with {'train.epochs': 2, ...} applied (configlib.load_config)."""
+  from gcad_jax import configlib  # pylint: disable=g-import-not-at-top
+  return configlib.load_config(path, overrides)
 
 
 def flags(overrides: dict) -> list[str]:

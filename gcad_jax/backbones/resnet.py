@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gcad_jax import input_pipeline, safe_torch_load
+from gcad_jax.backbones import state_dict
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))  # (channels, first stride) of layer1..layer4
 BLOCKS_PER_STAGE = 2
@@ -66,20 +67,9 @@ class ResNet18(nn.Module):
 
 def convert_state_dict(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
   """torchvision resnet18 state dict → Flax variables {'params', 'batch_stats'} of `ResNet18`."""
-  params, stats, used = {}, {}, set()
-
-  def take(key):
-    used.add(key)
-    return np.asarray(sd[key], np.float32)
-
-  def conv(prefix):
-    return {'kernel': np.transpose(take(f'{prefix}.weight'), (2, 3, 1, 0))}
-
-  def bn(prefix):
-    used.add(f'{prefix}.num_batches_tracked')
-    return ({'scale': take(f'{prefix}.weight'), 'bias': take(f'{prefix}.bias')},
-            {'mean': take(f'{prefix}.running_mean'), 'var': take(f'{prefix}.running_var')})
-
+  params, stats = {}, {}
+  reader = state_dict.StateDictReader(sd, 'ResNet-18')
+  conv, bn = reader.conv, reader.batch_norm
   try:
     params['conv1'] = conv('conv1')
     params['bn1'], stats['bn1'] = bn('bn1')
@@ -93,13 +83,10 @@ def convert_state_dict(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
           bp['downsample_0'] = conv(f'{pre}.downsample.0')
           bp['downsample_1'], bs['downsample_1'] = bn(f'{pre}.downsample.1')
         params[f'layer{s + 1}_{b}'], stats[f'layer{s + 1}_{b}'] = bp, bs
-    params['fc'] = {'kernel': take('fc.weight').T, 'bias': take('fc.bias')}
+    params['fc'] = {'kernel': reader.take('fc.weight').T, 'bias': reader.take('fc.bias')}
   except KeyError as e:
-    raise KeyError(f'ResNet-18 state dict lacks {e}; expected torchvision resnet18 naming (conv1, bn1, '
-                   'layer1.0.conv1, ..., fc)') from e
-  unused = sorted(set(sd) - used)
-  if unused:
-    raise ValueError(f'ResNet-18 state dict has unexpected entries {unused[:5]} (a ResNet-34/50?)')
+    raise reader.missing(e, 'torchvision resnet18 naming (conv1, bn1, layer1.0.conv1, ..., fc)') from e
+  reader.check_all_used('a ResNet-34/50?')
   return {'params': params, 'batch_stats': stats}
 
 

@@ -2,7 +2,7 @@
 
 One config per category; splits train, validation and test; images at their original size; one raw,
 never binarised mask per ground-truth channel with its defects_config.json entry. The whole category
-is checked (tfds_loco.layout.scan_category) before TFDS writes anything.
+is checked (tfds_loco.category_scan.scan_category) before TFDS writes anything.
 
 A build records where it came from (metadata `source`: the category folder and a fingerprint of its
 files). TFDS keys a build by category name alone, so a build is reused only while the folder given and
@@ -30,6 +30,7 @@ from tensorflow_datasets.core import example_parser
 from tensorflow_datasets.core.utils.lazy_imports_utils import tensorflow as tf
 
 from tfds_loco import categories
+from tfds_loco import category_scan
 from tfds_loco import layout
 
 ARCHIVE_NAME = 'mvtec_loco_anomaly_detection.tar.xz'
@@ -92,8 +93,8 @@ def locate_category(manual_dir: epath.PathLike, category: str) -> pathlib.Path:
     raise not_found
 
 
-def scan_manual_dir(manual_dir: epath.PathLike, category: str) -> layout.CategoryScan:
-  """Finds and checks a whole category (layout.scan_category), with a progress bar."""
+def scan_manual_dir(manual_dir: epath.PathLike, category: str) -> category_scan.CategoryScan:
+  """Finds and checks a whole category (category_scan.scan_category), with a progress bar."""
   cat_dir = locate_category(manual_dir, category)
   with tfds.core.utils.tqdm(desc=f'Checking {category}', unit=' images', leave=False) as bar:
 
@@ -101,7 +102,7 @@ def scan_manual_dir(manual_dir: epath.PathLike, category: str) -> layout.Categor
       bar.total = total
       bar.update(1)
 
-    return layout.scan_category(cat_dir, progress=progress)
+    return category_scan.scan_category(cat_dir, progress=progress)
 
 
 def source_record(cat_dir: epath.PathLike) -> dict[str, Any]:
@@ -176,7 +177,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     super().__init__(file_format=file_format, **kwargs)
     self._manual_dir = manual_dir
     self._original_state['manual_dir'] = manual_dir  # kept when pickled
-    self._scan: layout.CategoryScan | None = None
+    self._scan: category_scan.CategoryScan | None = None
     self._source: dict[str, Any] | None = None  # source_record of the folder being built
     # array_record gives random access through as_data_source() without tf.data (§12). A data set
     # already on disk keeps the format it was written in.
@@ -283,7 +284,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     return ds.map(lambda record: decode(parser.parse_example(record)),
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-  def _generate_examples(self, images: tuple[layout.ScannedImage, ...]):
+  def _generate_examples(self, images: tuple[category_scan.ScannedImage, ...]):
     for image in images:
       record = image.record
       yield record.image_id, {
@@ -300,7 +301,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       }
 
 
-def _image_input(image: layout.ScannedImage):
+def _image_input(image: category_scan.ScannedImage):
   """The PNG file itself when it decodes to RGB as is; else the RGB pixels, re-encoded by PIL."""
   if image.header.color_type == layout.PNG_RGB:
     return image.record.path
