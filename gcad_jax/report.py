@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from gcad_jax import atomic_io, evaluate, scoring
+from tfds_loco import formats
 from tfds_loco import layout
 
 KINDS = layout.ANOMALY_KINDS[::-1]  # structural first, as the paper's tables
@@ -161,13 +162,18 @@ def plot_spro_curves(metrics: Mapping, path: pathlib.Path, limit: float = 0.3) -
   return path
 
 
-def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pathlib.Path:
-  """Image-level ROC (score = map maximum), good vs each anomaly kind."""
+def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path,
+                    kinds: Mapping[str, str] | None = None) -> pathlib.Path:
+  """Image-level ROC (score = map maximum), good vs each anomaly kind.
+
+  `kinds` maps image ids to kinds (the evaluator's gcad_jax.kinds); without it the id's folder is the kind (LOCO).
+  """
   from gcad_jax.metrics import auroc  # pylint: disable=g-import-not-at-top
   plt = _pyplot()
   by_kind = {}
   for image_id, score in image_scores.items():
-    by_kind.setdefault(image_id.split('/')[1], []).append(score)
+    kind = kinds[image_id] if kinds else image_id.split('/')[1]
+    by_kind.setdefault(kind, []).append(score)
   fig, ax = plt.subplots(figsize=(4.5, 4))
   for kind in KINDS:
     if by_kind.get(kind) and by_kind.get('good'):
@@ -183,11 +189,15 @@ def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pa
   return path
 
 
-def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
+def plot_overlays(cat_dir, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
                   per_kind: int = 2) -> list[pathlib.Path]:
-  """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale."""
+  """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale.
+
+  `cat_dir`: a LOCO category folder or a `tfds_loco.formats.CategoryReader` of any format.
+  """
   plt = _pyplot()
-  records = layout.list_split(cat_dir, 'test')
+  reader = formats.as_reader(cat_dir)
+  records = reader.records('test')
   chosen = [r for kind in layout.KINDS for r in [r for r in records if r.kind == kind][:per_kind]]
   if not chosen:
     return []
@@ -197,21 +207,18 @@ def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   for r in chosen:
-    image = layout.read_rgb_image(r.path)
+    image = reader.read_image(r.path)
     fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
     ax.imshow(image)
     im = ax.imshow(arrays[r.image_id], cmap='jet', alpha=0.45, vmin=lo, vmax=hi)
-    gt_dir = layout.ground_truth_dir(cat_dir, r)
-    if r.kind != 'good' and gt_dir.is_dir():
-      union = np.zeros(image.shape[:2], bool)
-      for p in sorted(gt_dir.glob('*.png')):
-        union |= layout.read_mask(p) > 0
+    union = reader.union_mask(r, image.shape) if r.kind != 'good' else None
+    if union is not None and union.any():
       ax.contour(union, levels=[0.5], colors='red', linewidths=1.2)
     ax.set_title(f'{r.image_id}  max {arrays[r.image_id].max():.2f}', fontsize=8)
     ax.axis('off')
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
-    path = out_dir / f'{r.kind}_{r.stem}.png'
+    path = out_dir / f'{r.folder}_{r.stem}.png'
     with atomic_io.replacing(path) as tmp:
       fig.savefig(tmp, dpi=80)
     plt.close(fig)
@@ -232,8 +239,8 @@ def write_category_report(workdir, metrics: Mapping, category: str, cat_dir, map
   plots = workdir / 'plots'
   plots.mkdir(parents=True, exist_ok=True)
   plot_spro_curves(metrics, plots / 'spro_curves.png')
-  plot_roc_curves(image_scores, plots / 'roc_curves.png')
-  plot_overlays(pathlib.Path(cat_dir), maps, plots / 'overlays')
+  plot_roc_curves(image_scores, plots / 'roc_curves.png', metrics.get(evaluate.EXTRAS_KEY, {}).get('kinds'))
+  plot_overlays(cat_dir, maps, plots / 'overlays')
   path = workdir / REPORT_FILE
   tmp = workdir / f'.{REPORT_FILE}.{os.getpid()}.tmp'
   tmp.write_text(category_markdown(metrics, category, extra_lines))
