@@ -1,9 +1,10 @@
 """Reports: W/metrics.json with variants, plots, overlays, W/report.md, TensorBoard; tables over workdirs.
 
-  python -m gcad_jax.report W [W ...]
+  python -m gcad_jax.report W [W ...] [--benchmark loco|mvtec_ad]
 
-prints docs/method.md §10.1's Tables 3, 5 and 6 for the given workdirs (one category each; several workdirs of one
-category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
+prints docs/method.md §10.1's Tables 3, 5 and 6 (MVTec LOCO AD), or §10.2's Tables 8 and 9 (MVTec AD; the
+default when the runs' metrics.json say dataset_format mvtec_ad), for the given workdirs (one category each;
+several workdirs of one category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
 evaluator (docs/data_format.md §9, §11); this module only arranges and draws them.
 """
 
@@ -32,6 +33,10 @@ PAPER_TABLE3 = {'breakfast_box': 0.502, 'screw_bag': 0.558, 'pushpins': 0.739, '
                 'juice_bottle': 0.910, 'mean': 0.701}
 PAPER_TABLE5 = {'structural': 0.692, 'logical': 0.711, 'mean': 0.701}
 PAPER_TABLE6 = {'structural': 0.806, 'logical': 0.860, 'mean': 0.833}
+# docs/method.md §10.2 [P]: MVTec AD, Table 8 (AUC-sPRO = AUC-PRO at 0.05) and Table 9 (image AUROC), GCAD's row.
+PAPER_TABLE8 = {'structural': 0.716, 'logical': 0.863, 'mean': 0.789}
+PAPER_TABLE9 = {'structural': 0.871, 'logical': 0.991, 'mean': 0.931}
+PRO_LIMIT = '0.3'  # the usual MVTec AD PRO limit, reported beside the paper's 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -39,10 +44,11 @@ PAPER_TABLE6 = {'structural': 0.806, 'logical': 0.860, 'mean': 0.833}
 
 
 def headline(metrics: Mapping) -> dict:
-  """{'spro': {structural, logical, mean}, 'auroc': {...}}: AUC-sPRO@0.05 and image AUROC of one metrics dict."""
+  """{'spro', 'spro_0.3', 'auroc'} → {structural, logical, mean}: AUC-sPRO@0.05, @0.3 and image AUROC."""
   spro = metrics['localization']['auc_spro']
   roc = metrics['classification']['auc_roc']
   return {'spro': {SHORT[k]: (spro.get(k) or {}).get(LIMIT) for k in (*KINDS, 'mean')},
+          f'spro_{PRO_LIMIT}': {SHORT[k]: (spro.get(k) or {}).get(PRO_LIMIT) for k in (*KINDS, 'mean')},
           'auroc': {SHORT[k]: roc.get(k) for k in (*KINDS, 'mean')}}
 
 
@@ -349,14 +355,86 @@ def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
   return '\n'.join(out) + '\n'
 
 
+def _kind_means(runs: Mapping[str, list[dict]], variant: str, metric: str) -> dict[str, tuple]:
+  """MVTec AD's means (docs/method.md §10.2): structural over every category, logical over the categories with
+  logical anomalies, mean = ½(structural + logical); per seed when every category has the same seeds."""
+  categories = sorted(runs)
+  value = lambda c, i, kind: runs[c][i][variant][metric][kind] if variant in runs[c][i] else None
+  logical = [c for c in categories if any(value(c, i, 'logical') is not None for i in range(len(runs[c])))]
+  groups = {'structural': categories, 'logical': logical}
+  counts = {len(v) for v in runs.values()}
+  seeds = range(counts.pop()) if len(counts) == 1 else None
+  out = {}
+  for kind, cats in groups.items():
+    if seeds is None:  # unequal seeds: the mean of the per-category means
+      means = [_mean_std([value(c, i, kind) for i in range(len(runs[c]))])[0] for c in cats]
+      out[kind] = [float(np.mean(means))] if cats and None not in means else [None]
+    else:
+      per_seed = [[value(c, i, kind) for c in cats] for i in seeds]
+      out[kind] = [float(np.mean(v)) if cats and None not in v else None for v in per_seed]
+  out['mean'] = [None if s is None or l is None else 0.5 * (s + l) for s, l in zip(out['structural'], out['logical'])]
+  return {kind: _mean_std(values) for kind, values in out.items()}
+
+
+def mvtec_ad_tables_markdown(runs: Mapping[str, list[dict]]) -> str:
+  """Tables 8 and 9 of the paper on MVTec AD (docs/method.md §10.2), ours (mean ± std over seeds) beside GCAD's."""
+  variants = [v for v in scoring.VARIANTS if any(v in r for rs in runs.values() for r in rs)]
+  kinds = ('structural', 'logical', 'mean')
+  out = []
+  for title, metric, paper in (('Table 8: AUC-sPRO@0.05 (= AUC-PRO: regions are connected components)', 'spro',
+                                PAPER_TABLE8),
+                               (f'AUC-PRO@{PRO_LIMIT} (the usual MVTec AD limit; not in the paper)',
+                                f'spro_{PRO_LIMIT}', None),
+                               ('Table 9: image AUROC', 'auroc', PAPER_TABLE9)):
+    out += [f'{title}; structural over all categories, logical over those with logical anomalies.', '',
+            '| maps | Structural | Logical | Mean |', '|---|---:|---:|---:|']
+    for v in variants:
+      means = _kind_means(runs, v, metric)
+      out.append(f'| ours {v} | ' + ' | '.join(_fmt(*means[k]) for k in kinds) + ' |')
+    if paper:
+      out.append('| paper GCAD | ' + ' | '.join(_fmt(paper[k]) for k in kinds) + ' |')
+    out.append('')
+  if 'combined' in variants:
+    out += ['Per category, combined maps.', '',
+            f'| category | seeds | PRO@0.05 structural | logical | PRO@{PRO_LIMIT} structural | logical '
+            '| AUROC structural | logical |', '|---|---:|' + '---:|' * 6]
+    for c in sorted(runs):
+      cell = lambda metric, kind: _fmt(*_mean_std([r['combined'][metric][kind] for r in runs[c] if 'combined' in r]))
+      out.append(f'| {c} | {len(runs[c])} | ' + ' | '.join(
+          cell(m, k) for m in ('spro', f'spro_{PRO_LIMIT}', 'auroc') for k in ('structural', 'logical')) + ' |')
+  n = ', '.join(f'{c}: {len(runs[c])}' for c in sorted(runs))
+  out += ['', f'Runs per category: {n}. ± is the sample std over seeds. The paper averages all 15 categories; a '
+          'mean over fewer is not comparable to it.']
+  return '\n'.join(out) + '\n'
+
+
+def run_format(workdirs: Iterable) -> str:
+  """'mvtec_ad' when every workdir's metrics.json says so (gcad_jax.dataset_format), else 'loco'."""
+  found = set()
+  for w in workdirs:
+    path = pathlib.Path(w) / evaluate.METRICS_FILE
+    extras = json.loads(path.read_text()).get(evaluate.EXTRAS_KEY, {}) if path.is_file() else {}
+    found.add(extras.get('dataset_format', 'loco'))
+  return 'mvtec_ad' if found == {'mvtec_ad'} else 'loco'
+
+
+def benchmark_tables(workdirs: Sequence, benchmark: str | None = None) -> str:
+  """The tables of `benchmark` ('loco': Tables 3, 5, 6; 'mvtec_ad': Tables 8, 9; None: from the runs)."""
+  runs = load_runs(workdirs)
+  benchmark = benchmark or run_format(workdirs)
+  return mvtec_ad_tables_markdown(runs) if benchmark == 'mvtec_ad' else tables_markdown(runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.report', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('workdirs', nargs='+', help='workdirs holding metrics.json (one category each)')
   parser.add_argument('--out', default=None, help='also write the tables to this markdown file')
+  parser.add_argument('--benchmark', default=None, choices=('loco', 'mvtec_ad'),
+                      help='which paper tables (default: mvtec_ad when the runs are MVTec AD runs, else loco)')
   args = parser.parse_args(argv)
   try:
-    text = tables_markdown(load_runs(args.workdirs))
+    text = benchmark_tables(args.workdirs, args.benchmark)
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
