@@ -48,10 +48,16 @@ def test_folder_records_kinds_ids_and_the_held_out_validation(tmp_path):
   assert len(reader.records('train')) == 19
 
 
-def test_held_out_is_a_tenth_at_least_one_and_leaves_training_images():
-  assert len(folder_layout.held_out([f'{i:03d}' for i in range(209)], 0.1)) == 21
-  assert len(folder_layout.held_out(['a', 'b'], 0.1)) == 1
-  assert folder_layout.held_out(['a'], 0.5) == set() and folder_layout.held_out(['a', 'b'], 0.0) == set()
+def test_holdout_is_deterministic_evenly_spread_and_sized():
+  assert folder_layout.holdout_indices(10, 0.1) == [5]
+  assert folder_layout.holdout_indices(209, 0.1) == folder_layout.holdout_indices(209, 0.1)
+  picked = folder_layout.holdout_indices(209, 0.1)
+  assert len(picked) == 21 and picked[0] == 4 and picked[-1] == 204
+  assert folder_layout.holdout_indices(10, 0.5) == [1, 3, 5, 7, 9]
+  assert len(folder_layout.holdout_indices(3, 0.9)) == 2  # at least one training image stays
+  with pytest.raises(layout.LocoFormatError, match='val_fraction'):
+    folder_layout.holdout_indices(10, 1.0)
+  assert folder_layout.held_out(['b', 'a'], 0.1) == {'b'} and folder_layout.held_out(['a'], 0.5) == set()
 
 
 def test_mvtec_ad_perfect_maps_score_one_with_components_as_regions(tmp_path):

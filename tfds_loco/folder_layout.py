@@ -16,7 +16,6 @@ evaluator splits into connected components (PRO, docs/method.md §10.2). Errors 
 from __future__ import annotations
 
 import dataclasses
-import math
 import pathlib
 from typing import Callable, Sequence
 
@@ -29,7 +28,6 @@ GOOD = 'good'
 MASK_SUFFIX = '_mask.png'
 SPLITS = ('train', 'validation', 'test')
 MASK_VALUE = 255  # the value a binary mask channel is stored with
-VAL_SEED = 0  # the permutation that picks the held-out validation images (deterministic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +64,19 @@ def _pngs(folder: pathlib.Path) -> list[pathlib.Path]:
   return paths
 
 
+def holdout_indices(n: int, fraction: float) -> list[int]:
+  """Indices of the validation images among n name-sorted train images: k = round(fraction·n) (at least 1,
+  leaving 1 for training), evenly spread: floor((j + 0.5)·n / k) for j < k. Deterministic (docs/method.md §10.2)."""
+  if not 0 <= fraction < 1:
+    raise layout.LocoFormatError(f'val_fraction {fraction} must be in [0, 1)')
+  k = min(max(round(fraction * n), 1 if fraction > 0 else 0), n - 1)
+  return sorted({int((j + 0.5) * n / k) for j in range(k)}) if k > 0 else []
+
+
 def held_out(stems: Sequence[str], fraction: float) -> set[str]:
-  """The deterministic validation hold-out: round(fraction·n) images (at least 1, leaving 1 for training)."""
-  if fraction <= 0 or len(stems) < 2:
-    return set()
-  count = min(len(stems) - 1, max(1, int(math.floor(fraction * len(stems) + 0.5))))
-  order = np.random.default_rng(VAL_SEED).permutation(len(stems))
+  """The names of the held-out validation images (holdout_indices of the sorted names)."""
   ordered = sorted(stems)
-  return {ordered[i] for i in order[:count]}
+  return {ordered[i] for i in holdout_indices(len(ordered), fraction)}
 
 
 def _require_dir(path: pathlib.Path, what: str) -> pathlib.Path:
@@ -103,7 +106,8 @@ def list_split(cat_dir: str | pathlib.Path, split: str, options: FolderOptions =
           f'{cat_dir}: the {split} split is empty; add images to train/good (or validation/good)')
     return [layout.ImageRecord(f'{prefix}/{GOOD}/{p.stem}', p, split, GOOD) for p in paths]
   test_dir = _require_dir(cat_dir / 'test', 'the test images')
-  _require_dir(test_dir / GOOD, 'every test set needs good images')
+  if not _pngs(_require_dir(test_dir / GOOD, 'every test set needs good images')):
+    raise layout.LocoFormatError(f'{test_dir / GOOD} holds no .png image; the test set needs defect-free images')
   folders = sorted(p for p in test_dir.iterdir() if not p.name.startswith('.'))
   for folder in folders:
     if not folder.is_dir():
