@@ -20,8 +20,9 @@ folder, AUC-sPRO is PRO: regions are the masks' 8-connected components at full s
 §10.2; gcad_jax.metrics.pro); a folder without ground_truth/ gets null AUC-sPRO, gcad_jax.has_masks false
 and a note saying that only the image metrics were computed. A subset without images (no logical
 anomalies) and any mean over it are null.
-The module is a little over 400 lines because it holds the evaluator's named steps and its command line
-together; each step is a short function.
+
+The module is about 500 lines because it holds the evaluator's named steps, its formats and its command
+line together; each step is a short function.
 """
 
 from __future__ import annotations
