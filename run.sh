@@ -4,6 +4,7 @@
 #   ./run.sh demo            set up .venv on first use, then run the main job on the embedded synthetic data
 #   ./run.sh test [ARGS]     set up .venv on first use, then run the whole test suite (ARGS go to pytest)
 #   ./run.sh loco MANUAL_DIR [WORKDIR] [--seeds 0,1,2]   the paper protocol on the real MVTec LOCO AD data (--help)
+#   ./run.sh mvtec_ad MANUAL_DIR [WORKDIR] [--seeds 0,1,2]   the same on MVTec AD: 15 categories, Tables 8 and 9
 #   ./run.sh bench [ARGS]    the benchmark (python -m gcad_jax.bench)
 #
 # Environment: GCAD_VENV overrides the virtual environment's folder (default .venv in the checkout; with
@@ -81,6 +82,10 @@ case "$cmd" in
     ensure_venv test
     exec "$VENV/bin/python" -m gcad_jax.loco_protocol "$@"
     ;;
+  mvtec_ad)
+    ensure_venv test
+    exec "$VENV/bin/python" -m gcad_jax.loco_protocol --benchmark mvtec_ad "$@"
+    ;;
   bench)
     require_module gcad_jax/bench.py "the benchmark"
     ensure_venv test
@@ -90,7 +95,7 @@ case "$cmd" in
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
-    log "unknown command '$cmd'; use one of: demo, test, loco, bench"
+    log "unknown command '$cmd'; use one of: demo, test, loco, mvtec_ad, bench"
     exit 2
     ;;
 esac

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from gcad_jax import evaluate, input_pipeline, map_files, parallel, report, scoring
-from tfds_loco import layout
+from tfds_loco import formats
 
 
 def _say(message: str, *args) -> None:
@@ -69,7 +69,7 @@ def assess_test_split(config, workdir, models: Mapping[int, tuple], mesh, step: 
 
   workdir = pathlib.Path(workdir)
   category = config.dataset.category
-  cat_dir = layout.category_dir(config.dataset.manual_dir, category)
+  cat_dir = formats.reader_for_config(config)  # the category folder in its format (loco, mvtec_ad, folder)
   val_data = val_data if val_data is not None else input_pipeline.load_split(config, 'validation')
   test_data = test_data if test_data is not None else input_pipeline.load_split(config, 'test')
   lap('load')

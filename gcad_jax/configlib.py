@@ -53,6 +53,13 @@ def base_config() -> ml_collections.ConfigDict:
   config.dataset.data_dir = ''
   config.dataset.image_size = (256, 256)  # (H, W) network input; aspect ratio not kept [I]
   config.dataset.resize_method = 'bilinear_antialias'  # docs/method.md §12 #15
+  # The layout of manual_dir (tfds_loco.formats): 'loco', 'mvtec_ad' (the paper's Table 4 logical split, PRO
+  # regions; docs/method.md §10.2) or 'folder' (a user's MVTec AD-style folder).
+  config.dataset.format = 'loco'
+  # mvtec_ad / folder without validation/good: the fraction of train/good held out for μ/σ (docs/method.md §10.2).
+  config.dataset.val_fraction = 0.1
+  # folder: the defect folders (or 'defect/name' images) that are logical anomalies; the rest are structural.
+  config.dataset.logical = ()
 
   config.augment = ml_collections.ConfigDict()
   config.augment.enabled = True
@@ -248,6 +255,14 @@ def _keys(config, prefix: str = '') -> set[str]:
 def _check_category(config) -> None:
   """A known category, a folder with a defects_config.json under manual_dir, or one TFDS already built."""
   category = config.dataset.category
+  dataset_format = config.dataset.get('format', 'loco')
+  if dataset_format == 'mvtec_ad':
+    _require(category in categories.MVTEC_AD_CATEGORIES, 'dataset.category',
+             f'{category!r} is not an MVTec AD category {list(categories.MVTEC_AD_CATEGORIES)}; for your own '
+             "folder set config.dataset.format='folder'")
+    return
+  if dataset_format == 'folder':
+    return  # the folder is checked when it is read (tfds_loco.folder_layout), naming the file
   if category in REAL_CATEGORIES + SYNTHETIC_CATEGORIES:
     return
   import os  # pylint: disable=g-import-not-at-top
@@ -272,6 +287,10 @@ def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   _require(config.dataset.manual_dir is not None, 'dataset.manual_dir',
            'is required: the LOCO-layout folder that holds the category folders '
            '(--config.dataset.manual_dir=/path/to/mvtec_loco_anomaly_detection)')
+  _one_of(config, 'dataset.format', ('loco', 'mvtec_ad', 'folder'))
+  _require(0 <= config.dataset.val_fraction < 1, 'dataset.val_fraction', 'must be in [0, 1)')
+  _require(not config.dataset.logical or config.dataset.format == 'folder', 'dataset.logical',
+           "is for dataset.format='folder'; MVTec AD's logical split is the paper's Table 4")
   _check_category(config)
   height, width = config.dataset.image_size
   _require(height > 0 and width > 0 and height % 64 == 0 and width % 64 == 0, 'dataset.image_size',

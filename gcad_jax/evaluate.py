@@ -5,12 +5,24 @@ It reads files only and knows nothing of the model, so it scores any method's ma
 checked by `map_files`, which also writes them; pools and summary thresholds from `metrics.pools`):
 
   python -m gcad_jax.evaluate --dataset_base_dir D --anomaly_maps_dir M --object_name C --output_dir O \
-      [--allow_missing] [--thresholds_from official/metrics.json] [--num_workers 2]
+      [--dataset_format loco|mvtec_ad|folder] [--logical crack,cable_swap] [--allow_missing] \
+      [--thresholds_from official/metrics.json] [--num_workers 2]
 
 writes O/metrics.json in the official schema (§9.8) plus our extras under the key "gcad_jax". Code that
-already holds the maps in memory calls `evaluate_category(dataset_category_dir, {image_id: map})`.
-The module is a little over 400 lines because it holds the evaluator's named steps and its command line
-together; each step is a short function.
+already holds the maps in memory calls `evaluate_category(dataset_category_dir, {image_id: map})`, where
+dataset_category_dir is a LOCO category folder or a `tfds_loco.formats.CategoryReader` of any format.
+
+The formats (tfds_loco.formats): maps follow each layout's own names, <M>/<C>/test/<folder>/<name>.tiff,
+<folder> a LOCO kind (loco) or a defect folder such as good, crack (mvtec_ad, folder). The output schema is
+the same for all three: classification.auc_roc and localization.auc_spro[<limit>] for structural_anomalies,
+logical_anomalies and mean (official ties, §9.6; limits 0.01, 0.05, 0.1, 0.3, 1.0, §9.5). On mvtec_ad and
+folder, AUC-sPRO is PRO: regions are the masks' 8-connected components at full saturation (docs/method.md
+§10.2; gcad_jax.metrics.pro); a folder without ground_truth/ gets null AUC-sPRO, gcad_jax.has_masks false
+and a note saying that only the image metrics were computed. A subset without images (no logical
+anomalies) and any mean over it are null.
+
+The module is about 500 lines because it holds the evaluator's named steps, its formats and its command
+line together; each step is a short function.
 """
 
 from __future__ import annotations
@@ -32,7 +44,9 @@ import numpy as np
 from gcad_jax import map_files
 from gcad_jax.metrics import auroc as auroc_lib
 from gcad_jax.metrics import pools as pools_lib
+from gcad_jax.metrics import pro
 from gcad_jax.metrics import spro
+from tfds_loco import formats
 from tfds_loco import layout
 
 KINDS = layout.KINDS
@@ -66,13 +80,22 @@ class _ScoredImage:
   warnings: list[str]
 
 
-def _score_image(record: layout.ImageRecord, source: map_files.MapSource, cat_dir: pathlib.Path,
+def _regions(reader: formats.CategoryReader, channel: layout.GroundTruthChannel) -> list[layout.GroundTruthChannel]:
+  """The channel itself (LOCO), or one channel per 8-connected component (PRO, docs/method.md §10.2)."""
+  if reader.regions == 'channels':
+    return [channel]
+  return [dataclasses.replace(channel, mask=region.astype(np.uint8) * channel.defect.pixel_value)
+          for region in pro.components(channel.mask)]
+
+
+def _score_image(record: layout.ImageRecord, source: map_files.MapSource, reader: formats.CategoryReader,
                  defects: Mapping[int, layout.DefectType]) -> _ScoredImage:
   header = layout.read_png_header(record.path)
   size_hw = (header.height, header.width)
   where = source.where(record.image_id)
   scores = map_files.check_map_scores(source.load(record.image_id), where, record, size_hw)
-  channels = layout.read_ground_truth(cat_dir, record, dict(defects), size_hw)
+  channels = [region for channel in reader.ground_truth(record, size_hw, dict(defects))
+              for region in _regions(reader, channel)]
   notes = []
   if not channels:
     negatives = scores.reshape(-1)
@@ -120,7 +143,7 @@ def _ordered_map(fn: Callable, items: Sequence, num_workers: int) -> Iterator:
         future.cancel()
 
 
-def _read_images(cat_dir: pathlib.Path, records: Sequence[layout.ImageRecord], source: map_files.MapSource,
+def _read_images(reader: formats.CategoryReader, records: Sequence[layout.ImageRecord], source: map_files.MapSource,
                  defects: Mapping[int, layout.DefectType], num_workers: int
                  ) -> tuple[list[_ScoredImage], dict[str, pools_lib.NegativeBuffer]]:
   """One pass over the images: each map read once, its negatives copied into the buffer of its kind."""
@@ -132,7 +155,7 @@ def _read_images(cat_dir: pathlib.Path, records: Sequence[layout.ImageRecord], s
   buffers = {kind: pools_lib.NegativeBuffer(per_image_pixels * sum(r.kind == kind for r in records))
              for kind in KINDS}
   images = []
-  for image in _ordered_map(lambda r: _score_image(r, source, cat_dir, defects), records, num_workers):
+  for image in _ordered_map(lambda r: _score_image(r, source, reader, defects), records, num_workers):
     buffers[image.record.kind].append(image.record.image_id, image.negatives)
     image.negatives = None  # the buffer holds them now
     images.append(image)
@@ -155,7 +178,7 @@ def _curves(pools, channels, thresholds, need_exact=True) -> tuple[spro.SproCurv
 
 
 def _per_defect_type(images: Sequence[_ScoredImage], buffers: Mapping[str, pools_lib.NegativeBuffer],
-                     good_pool: spro.ScorePool, defects: Mapping[int, layout.DefectType], thresholds,
+                     good_pool: spro.ScorePool, defect_names: Sequence[str], thresholds,
                      limits: Sequence[float]) -> dict:
   """AUC-sPRO and image AUROC per defect type (§11.3), before the kind buffers are sorted.
 
@@ -183,8 +206,8 @@ def _per_defect_type(images: Sequence[_ScoredImage], buffers: Mapping[str, pools
         'auc_roc': auroc_lib.auroc_official(good_maxima, [im.max_score for im in selected]),
     }
     del type_pool
-  for defect in defects.values():
-    per_type.setdefault(defect.defect_name, None)
+  for name in defect_names:
+    per_type.setdefault(name, None)
   return per_type
 
 
@@ -278,7 +301,8 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: map_files.M
   """metrics.json of one category as a dict: official schema (§9.8) plus extras under 'gcad_jax'.
 
   Args:
-    dataset_category_dir: `<dataset_base_dir>/<category>` (defects_config.json, test/, ground_truth/).
+    dataset_category_dir: `<dataset_base_dir>/<category>` in LOCO layout (defects_config.json, test/,
+      ground_truth/), or a `tfds_loco.formats.CategoryReader` of any format (loco, mvtec_ad, folder).
     maps: `<anomaly_maps_dir>/<category>` (a folder in the §8 layout), or a mapping image_id -> 2-D array
       with ids such as 'test/logical_anomalies/012' (or 'logical_anomalies/012').
     allow_missing: leave out test images without a map (listed under gcad_jax.missing_maps) instead of
@@ -301,24 +325,29 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: map_files.M
     kind), counts, missing_maps, warnings, seconds per phase.
   """
   laps = _Laps()
-  cat_dir = pathlib.Path(dataset_category_dir)
-  defects = layout.read_defects_config(cat_dir / layout.DEFECTS_CONFIG)
-  records = layout.list_split(cat_dir, 'test')
-  layout.check_ground_truth_folders(cat_dir, records)
+  reader = formats.as_reader(dataset_category_dir)
+  cat_dir = reader.cat_dir
+  defects = reader.defects()
+  records = reader.records('test')
+  has_masks = reader.check_ground_truth(records)
   source = map_files.map_source(maps, records)
   records, missing = map_files.split_missing(source, records, allow_missing)
   if thresholds is not None:
     thresholds = spro.check_thresholds(thresholds)
   num_workers = num_workers or min(2, os.cpu_count() or 1)
 
-  images, buffers = _read_images(cat_dir, records, source, defects, num_workers)
+  images, buffers = _read_images(reader, records, source, defects, num_workers)
   notes = [note for im in images for note in im.warnings]
+  if not has_masks:
+    notes.append(f'{cat_dir} has no ground_truth/ folder: only the image metrics (AUROC) are computed; '
+                 'AUC-sPRO is null')
   for note in notes:
     warnings.warn(note, EvaluationWarning, stacklevel=2)
   laps.lap('read')
   pools = {'good': buffers['good'].sorted_pool()}
   laps.lap('sort_good')
-  per_type = _per_defect_type(images, buffers, pools['good'], defects, thresholds, limits) if per_defect_type else None
+  per_type = (_per_defect_type(images, buffers, pools['good'], reader.defect_names(records), thresholds, limits)
+              if per_defect_type else None)
   laps.lap('per_defect_type')
   pools.update(_sort_anomalous(buffers, num_workers))
   del buffers
@@ -333,6 +362,10 @@ def evaluate_category(dataset_category_dir: str | os.PathLike, maps: map_files.M
       'evaluator': 'gcad_jax.evaluate (docs/data_format.md §11)',
       'category': cat_dir.name,
       'dataset_category_dir': str(cat_dir),
+      'dataset_format': reader.format,
+      'regions': reader.regions,
+      'has_masks': has_masks,
+      'kinds': {im.record.image_id: im.record.kind for im in images},
       'anomaly_maps': source.description,
       'mode': 'exact' if thresholds is None else 'thresholds',
       'thresholds_source': thresholds_source,
@@ -389,13 +422,21 @@ def read_official_thresholds(path: str | os.PathLike) -> list[float]:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='python -m gcad_jax.evaluate',
-      description='Exact sPRO / AUROC evaluation of anomaly maps in the MVTec LOCO AD layout '
-                  '(the official script\'s inputs and metrics.json; docs/data_format.md §11).')
+      description='Exact sPRO / PRO / AUROC evaluation of anomaly maps for MVTec LOCO AD, MVTec AD and '
+                  'MVTec AD-style folders (the official LOCO script\'s inputs and metrics.json; '
+                  'docs/data_format.md §11, docs/method.md §10.2).')
   parser.add_argument('--dataset_base_dir', required=True, help='folder holding the category folders')
   parser.add_argument('--anomaly_maps_dir', required=True,
-                      help='maps in <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff')
+                      help='maps in <anomaly_maps_dir>/<object_name>/test/<folder>/<image name>.tiff, '
+                           '<folder> as in the data set: a LOCO kind, or good / a defect folder')
   parser.add_argument('--object_name', required=True,
-                      help='the category folder (any folder with a defects_config.json)')
+                      help='the category folder (loco: a folder with a defects_config.json)')
+  parser.add_argument('--dataset_format', default='loco', choices=formats.FORMATS,
+                      help='loco (default), mvtec_ad (the paper\'s Table 4 logical split, PRO regions) or '
+                           'folder (your own MVTec AD-style folder; masks optional)')
+  parser.add_argument('--logical', default='',
+                      help='folder format: comma-separated defect folders (or defect/name images) that are '
+                           'logical anomalies; the others are structural')
   parser.add_argument('--output_dir', default=None, help='writes <output_dir>/metrics.json (atomically)')
   parser.add_argument('--allow_missing', action='store_true',
                       help='leave out test images without a map (listed in the output) instead of failing')
@@ -412,9 +453,13 @@ def _summary(metrics: Mapping) -> str:
   aucs = metrics['localization']['auc_spro']
   roc = metrics['classification']['auc_roc']
   fmt = lambda v: '   -  ' if v is None else f'{v:.4f}'
-  lines = ['kind                    AUROC   ' + '  '.join(f'sPRO@{k:<5}' for k in (aucs['mean'] or {}))]
+  limits = [spro.limit_key(l) for l in spro.LIMITS]
+  lines = ['kind                    AUROC   ' + '  '.join(f'sPRO@{k:<5}' for k in limits)]
   for kind in (*ANOMALY_KINDS, 'mean'):
-    lines.append(f'{kind:<22}  {fmt(roc[kind])}  ' + '  '.join(f'{fmt(v):<10}' for v in (aucs[kind] or {}).values()))
+    lines.append(f'{kind:<22}  {fmt(roc[kind])}  '
+                 + '  '.join(f'{fmt((aucs[kind] or {}).get(k)):<10}' for k in limits))
+  if not metrics.get(EXTRAS_KEY, {}).get('has_masks', True):
+    lines.append('no ground-truth masks: only the image metrics (AUROC) are computed')
   return '\n'.join(lines)
 
 
@@ -422,17 +467,19 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   cat_dir = pathlib.Path(args.dataset_base_dir) / args.object_name
   try:
-    if not cat_dir.is_dir():
+    if args.dataset_format == 'loco' and not cat_dir.is_dir():
       known = ', '.join(sorted(layout.find_categories(args.dataset_base_dir))) or 'none'
       raise layout.LocoFormatError(
           f'category folder {cat_dir} does not exist (categories with a {layout.DEFECTS_CONFIG} under '
           f'{args.dataset_base_dir}: {known}); check --dataset_base_dir and --object_name')
+    logical = [name for name in args.logical.split(',') if name]
+    reader = formats.reader(args.dataset_format, args.dataset_base_dir, args.object_name, logical)
     thresholds = read_official_thresholds(args.thresholds_from) if args.thresholds_from else None
     with warnings.catch_warnings():
       warnings.simplefilter('always', EvaluationWarning)
       warnings.showwarning = lambda message, *_, **__: print(f'warning: {message}', file=sys.stderr)
       metrics = evaluate_category(
-          cat_dir, pathlib.Path(args.anomaly_maps_dir) / args.object_name, allow_missing=args.allow_missing,
+          reader, pathlib.Path(args.anomaly_maps_dir) / args.object_name, allow_missing=args.allow_missing,
           thresholds=thresholds, per_defect_type=not args.no_per_defect_type, curve_points=args.curve_points,
           num_workers=args.num_workers, thresholds_source=args.thresholds_from)
     if args.output_dir is not None:

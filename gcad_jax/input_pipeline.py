@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 from typing import Any, Sequence
 
 import jax
@@ -78,18 +77,22 @@ def resize_uint8(images: np.ndarray, size: Sequence[int], method: str, chunk: in
 
 
 def _builder(config):
-  """The TFDS builder of the configured category, built from dataset.manual_dir when needed.
+  """The TFDS builder of the configured category (in dataset.format), built from dataset.manual_dir when needed.
 
   A build from another folder of the same name, or from files since changed, is rebuilt (tfds_loco.build).
   """
   from tfds_loco import build as tfds_build  # Lazy: TFDS is not needed by bench/distill machines.
 
+  d = config.dataset
   return tfds_build.build(
-      category=config.dataset.category,
-      manual_dir=config.dataset.manual_dir or None,
-      data_dir=config.dataset.data_dir or None,
+      category=d.category,
+      manual_dir=d.manual_dir or None,
+      data_dir=d.data_dir or None,
       overwrite=False,
-      quiet=True)
+      quiet=True,
+      dataset_format=d.get('format', 'loco'),
+      logical=tuple(d.get('logical', ()) or ()),
+      val_fraction=d.get('val_fraction', 0.1))
 
 
 def load_split(config, split: str, builder: Any = None) -> SplitData:

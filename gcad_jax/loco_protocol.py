@@ -1,8 +1,10 @@
-"""The paper's protocol in one command: every category × seed, then Tables 3, 5 and 6 (docs/method.md §10.1).
+"""The paper's protocol in one command: every category × seed, then Tables 3, 5 and 6 (docs/method.md §10.1),
+or on MVTec AD Tables 8 and 9 (docs/method.md §10.2, `--benchmark mvtec_ad`).
 
   ./run.sh loco MANUAL_DIR [WORKDIR] [--seeds 0,1,2]
+  ./run.sh mvtec_ad MANUAL_DIR [WORKDIR] [--seeds 0,1,2]     (= --benchmark mvtec_ad: configs/mvtec_ad.py, all 15)
   python -m gcad_jax.loco_protocol MANUAL_DIR [WORKDIR] [--seeds 0,1,2] [--categories a,b]
-      [--config configs/loco.py] [--config_override key=value ...] [--in_process]
+      [--benchmark loco|mvtec_ad] [--config configs/loco.py] [--config_override key=value ...] [--in_process]
 
 For each seed s and category c (default: the five real categories, which must all be in MANUAL_DIR), runs
 `--mode=train_and_eval` of `--config` (default configs/loco.py: 256², 500 epochs, both scales p = 17, 33,
@@ -43,12 +45,27 @@ from gcad_jax import atomic_io
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = 'configs/loco.py'
+
+
+@dataclasses.dataclass(frozen=True)
+class Benchmark:
+  """A data set the protocol runs: its default config, its layout and the paper's tables it reports."""
+  title: str
+  config: str
+  dataset_format: str
+  section: str
+
+
+BENCHMARKS = {
+    'loco': Benchmark('MVTec LOCO AD', DEFAULT_CONFIG, 'loco', 'docs/method.md §10.1'),
+    'mvtec_ad': Benchmark('MVTec AD', 'configs/mvtec_ad.py', 'mvtec_ad', 'docs/method.md §10.2'),
+}
 DONE_FILE = 'protocol_done.json'
 SETTINGS_FILE = 'protocol.json'
 LOG_FILE = 'protocol.log'
 REPORT_FILE = 'report.md'
 # Set by the protocol per run; an override of them would contradict the protocol's own arguments.
-RESERVED = ('seed', 'dataset.category', 'dataset.manual_dir')
+RESERVED = ('seed', 'dataset.category', 'dataset.manual_dir', 'dataset.format')
 # absl lines of a child worth echoing: train.py's progress and the evaluation's summary (the rest: LOG_FILE).
 _ABSL = re.compile(r'^([IWEF])\d{4} [\d:.]+\s+\d+ ([\w.]+):\d+\] (.*)$')
 _ECHO = ('train.py', 'assess.py')
@@ -84,8 +101,10 @@ def parse_seeds(text: str) -> list[int]:
   return seeds
 
 
-def resolve_categories(manual_dir, requested: Sequence[str] | None) -> list[str]:
-  """The requested categories (default: the five real ones), all of which must be in `manual_dir`."""
+def resolve_categories(manual_dir, requested: Sequence[str] | None, benchmark: str = 'loco') -> list[str]:
+  """The requested categories (default: the benchmark's real ones), all of which must be in `manual_dir`."""
+  if benchmark == 'mvtec_ad':
+    return _resolve_mvtec_ad(manual_dir, requested)
   from gcad_jax import configlib  # pylint: disable=g-import-not-at-top
   from tfds_loco import layout  # pylint: disable=g-import-not-at-top
   found = layout.find_categories(manual_dir)
@@ -97,6 +116,20 @@ def resolve_categories(manual_dir, requested: Sequence[str] | None) -> list[str]
         f'{what}{", ".join(missing)} not found under {manual_dir} (categories with a defects_config.json '
         f'there: {", ".join(sorted(found)) or "none"}); pass the extracted MVTec LOCO AD root, or '
         '--categories to run a subset')
+  return wanted
+
+
+def _resolve_mvtec_ad(manual_dir, requested: Sequence[str] | None) -> list[str]:
+  """MVTec AD's categories (default: all 15), each found under manual_dir (the archive is extracted first)."""
+  from tfds_loco import categories, layout  # pylint: disable=g-import-not-at-top
+  from tfds_loco.mvtec_ad import mvtec_ad_dataset_builder  # pylint: disable=g-import-not-at-top
+  wanted = list(requested) if requested else list(categories.MVTEC_AD_CATEGORIES)
+  for category in wanted:
+    try:
+      mvtec_ad_dataset_builder.locate_category(manual_dir, category)
+    except layout.LocoFormatError as e:
+      raise ProtocolError(f'MVTec AD category {category}: {e}; pass the extracted MVTec AD root (or the folder '
+                          'holding mvtec_anomaly_detection.tar.xz), or --categories to run a subset') from e
   return wanted
 
 
@@ -129,10 +162,12 @@ def _takes_argument(config_path: pathlib.Path) -> bool:
   return bool(inspect.signature(configlib.config_module(config_path).get_config).parameters)
 
 
-def main_flags(config_path: pathlib.Path, run: Run, manual_dir, overrides) -> list[str]:
-  """The `gcad_jax.main` flags of one run (the same flags build the in-process config)."""
+def main_flags(config_path: pathlib.Path, run: Run, manual_dir, overrides, dataset_format: str = 'loco') -> list[str]:
+  """The `gcad_jax.main` flags of one run (the same flags build the in-process config); a benchmark other than
+  LOCO also sets config.dataset.format."""
   spec = f'{config_path}:{run.category}' if _takes_argument(config_path) else str(config_path)
-  return [f'--config={spec}', *(f'--config.{k}={v}' for k, v in overrides),
+  fmt = [f'--config.dataset.format={dataset_format}'] if dataset_format != 'loco' else []
+  return [f'--config={spec}', *(f'--config.{k}={v}' for k, v in overrides), *fmt,
           f'--config.dataset.category={run.category}', f'--config.dataset.manual_dir={manual_dir}',
           f'--config.seed={run.seed}']
 
@@ -240,12 +275,13 @@ def write_report(workdir: pathlib.Path, runs: Sequence[Run], settings: dict,
   from gcad_jax import report  # pylint: disable=g-import-not-at-top
   done = [r for r in runs if is_done(r)]
   overrides = ', '.join(f'`{o}`' for o in settings['overrides']) or 'none'
-  lines = ['# GCAD on MVTec LOCO AD: the paper protocol (docs/method.md §10.1)', '',
+  benchmark = BENCHMARKS[settings.get('benchmark', 'loco')]
+  lines = [f'# GCAD on {benchmark.title}: the paper protocol ({benchmark.section})', '',
            f'Config `{settings["config"]}`, overrides {overrides}; seeds {settings["seeds"]}; data '
            f'`{settings["manual_dir"]}`. Each run: `{workdir}/seed<s>/<category>/` (metrics.json, '
            'report.md, anomaly_maps/, plots/).', '']
   if done:
-    lines.append(report.tables_markdown(report.load_runs([r.workdir for r in done])))
+    lines.append(report.benchmark_tables([r.workdir for r in done], benchmark.dataset_format))
   pending = [r for r in runs if not is_done(r)]
   if pending:
     why = dict((r, msg) for r, msg in failed)
@@ -261,29 +297,31 @@ def write_report(workdir: pathlib.Path, runs: Sequence[Run], settings: dict,
 
 
 def run_protocol(manual_dir, workdir, seeds: Sequence[int] = (0, 1, 2), categories: Sequence[str] | None = None,
-                 config: str = DEFAULT_CONFIG, overrides: Sequence[str] = (), in_process: bool = False,
-                 log=print) -> dict:
+                 config: str | None = None, overrides: Sequence[str] = (), in_process: bool = False,
+                 log=print, benchmark: str = 'loco') -> dict:
   """Trains and evaluates every (seed, category) not finished yet, then writes WORKDIR/report.md.
 
   Returns {'report': path, 'runs': [Run], 'failed': [(Run, message)], 'ran': [Run], 'skipped': [Run]}.
   """
   manual_dir = pathlib.Path(manual_dir).resolve()
   workdir = pathlib.Path(workdir).resolve()
-  config_path = resolve_config_path(config)
+  if benchmark not in BENCHMARKS:
+    raise ProtocolError(f'--benchmark {benchmark!r}: use one of {list(BENCHMARKS)}')
+  config_path = resolve_config_path(config or BENCHMARKS[benchmark].config)
   pairs = parse_overrides(overrides)
-  categories = resolve_categories(manual_dir, categories)
+  categories = resolve_categories(manual_dir, categories, benchmark)
   runs = [Run(s, c, workdir / f'seed{s}' / c) for s in seeds for c in categories]
-  flag_args = {r: main_flags(config_path, r, manual_dir, pairs) for r in runs}
+  flag_args = {r: main_flags(config_path, r, manual_dir, pairs, BENCHMARKS[benchmark].dataset_format) for r in runs}
   configs = {r: build_config(flag_args[r]) for r in runs}  # pre-flight: a bad override fails here, not later
   settings = {'config': str(config_path.relative_to(ROOT) if config_path.is_relative_to(ROOT) else config_path),
               'overrides': [f'{k}={v}' for k, v in pairs], 'manual_dir': str(manual_dir), 'seeds': list(seeds),
-              'categories': list(categories)}
+              'categories': list(categories), 'benchmark': benchmark}
   check_settings(workdir, settings)
 
   t0 = time.time()
   durations, failed, ran, skipped = [], [], [], []
   for i, r in enumerate(runs, 1):
-    prefix = f'[loco {i}/{len(runs)} {r.name}]'
+    prefix = f'[{benchmark} {i}/{len(runs)} {r.name}]'
     if is_done(r):
       skipped.append(r)
       log(f'{prefix} finished earlier, skipped ({_summary(r)})')
@@ -313,7 +351,7 @@ def run_protocol(manual_dir, workdir, seeds: Sequence[int] = (0, 1, 2), categori
         'finished': datetime.datetime.now().isoformat(timespec='seconds'), 'main_flags': flag_args[r]}, indent=2)
     log(f'{prefix} done in {_hms(seconds)}: {_summary(r)}')
   path = write_report(workdir, runs, settings, failed)
-  log(f'[loco] {len(ran)} run, {len(skipped)} skipped, {len(failed)} failed in {_hms(time.time() - t0)}; '
+  log(f'[{benchmark}] {len(ran)} run, {len(skipped)} skipped, {len(failed)} failed in {_hms(time.time() - t0)}; '
       f'report: {path}')
   return {'report': path, 'runs': runs, 'failed': failed, 'ran': ran, 'skipped': skipped}
 
@@ -321,20 +359,26 @@ def run_protocol(manual_dir, workdir, seeds: Sequence[int] = (0, 1, 2), categori
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.loco_protocol', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('manual_dir', help='the extracted MVTec LOCO AD root (holds breakfast_box/, ...)')
-  parser.add_argument('workdir', nargs='?', default='runs/loco', help='where the runs go (default runs/loco)')
+  parser.add_argument('manual_dir', help='the extracted MVTec LOCO AD root (holds breakfast_box/, ...), or with '
+                      '--benchmark mvtec_ad the MVTec AD root (bottle/, ...) or the folder holding its archive')
+  parser.add_argument('workdir', nargs='?', default=None,
+                      help='where the runs go (default runs/loco, or runs/mvtec_ad with --benchmark mvtec_ad)')
   parser.add_argument('--seeds', default='0,1,2',
                       help='comma-separated seeds (default 0,1,2: docs/method.md §7.3 asks for at least 3)')
-  parser.add_argument('--categories', default=None, help='comma-separated (default: the five real ones)')
-  parser.add_argument('--config', default=DEFAULT_CONFIG, help=f'config file (default {DEFAULT_CONFIG})')
+  parser.add_argument('--categories', default=None,
+                      help='comma-separated (default: the benchmark\'s real ones: 5 of LOCO, 15 of MVTec AD)')
+  parser.add_argument('--benchmark', default='loco', choices=list(BENCHMARKS),
+                      help='loco (Tables 3, 5, 6) or mvtec_ad (Tables 8, 9; configs/mvtec_ad.py)')
+  parser.add_argument('--config', default=None,
+                      help=f'config file (default {DEFAULT_CONFIG}; configs/mvtec_ad.py with --benchmark mvtec_ad)')
   parser.add_argument('--config_override', action='append', default=[], metavar='KEY=VALUE',
                       help='a config field for every run, e.g. train.epochs=100 (repeatable)')
   parser.add_argument('--in_process', action='store_true', help='no subprocess per run (tiny configs, tests)')
   args = parser.parse_args(argv)
   try:
-    out = run_protocol(args.manual_dir, args.workdir, parse_seeds(args.seeds),
+    out = run_protocol(args.manual_dir, args.workdir or f'runs/{args.benchmark}', parse_seeds(args.seeds),
                        args.categories.split(',') if args.categories else None, args.config,
-                       args.config_override, args.in_process)
+                       args.config_override, args.in_process, benchmark=args.benchmark)
   except (OSError, ValueError) as e:  # ProtocolError, layout.LocoFormatError, configlib.ConfigError
     print(f'error: {e}', file=sys.stderr)
     return 2

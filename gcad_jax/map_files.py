@@ -1,6 +1,7 @@
 """Anomaly maps in the official layout: written atomically with a pre-flight check, found and read back (docs/data_format.md §8).
 
   <root>/<category>/test/<good|logical_anomalies|structural_anomalies>/<stem>.tiff   2-D float32, original size
+  (MVTec AD and folders, tfds_loco.formats: <root>/<category>/test/<good|defect folder>/<stem>.tiff)
   <root>/.complete.json                                                            written last
 
 Each file is written under a hidden temporary name and renamed; the whole tree is built in a hidden
@@ -25,6 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from gcad_jax.metrics import spro
+from tfds_loco import formats
 from tfds_loco import layout
 
 MARKER = '.complete.json'
@@ -96,7 +98,8 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
   Args:
     root: e.g. W/anomaly_maps. Replaced as a whole when it exists (old tree moved aside, then removed).
     category: the category folder name.
-    dataset_category_dir: the data set's category folder: its test folders give the images that need maps.
+    dataset_category_dir: the data set's category folder (LOCO) or a `tfds_loco.formats.CategoryReader`: its
+      test images need maps.
     maps: image_id ('test/<kind>/<stem>') → 2-D float32 array at the original size (e.g. a lazy
       `scoring.FullResMaps`); each is read exactly once.
     description: extra fields for the marker file.
@@ -108,7 +111,9 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
   """
   started = time.perf_counter()
   root = pathlib.Path(root)
-  records = layout.list_split(pathlib.Path(dataset_category_dir), 'test')
+  reader = formats.as_reader(dataset_category_dir)
+  dataset_category_dir = reader.cat_dir
+  records = reader.records('test')
   expected = {r.image_id: r for r in records}
   missing = sorted(set(expected) - set(maps))
   extra = sorted(set(maps) - set(expected))
@@ -124,15 +129,14 @@ def write_maps(root: str | os.PathLike, category: str, dataset_category_dir: str
   plateau = _Plateau(len(records))
   scores, magnitude, size_hw = {}, 0.0, None
   try:
-    for kind in KINDS:
-      (tmp_root / category / 'test' / kind).mkdir(parents=True, exist_ok=True)
+    for folder in (KINDS if reader.format == 'loco' else sorted({r.folder for r in records})):
+      (tmp_root / category / 'test' / folder).mkdir(parents=True, exist_ok=True)
     for record in records:
-      if size_hw is None:
-        header = layout.read_png_header(record.path)
-        size_hw = (header.height, header.width)
+      header = layout.read_png_header(record.path)  # a folder's images may differ in size
+      size_hw = (header.height, header.width)
       where = f'map of {record.image_id} ({category})'
       array = check_map(maps[record.image_id], where, size_hw)
-      _write_tiff(tmp_root / category / 'test' / record.kind / f'{record.stem}.tiff', array)
+      _write_tiff(tmp_root / category / 'test' / record.folder / f'{record.stem}.tiff', array)
       scores[record.image_id] = float(array.max())
       magnitude = max(magnitude, float(np.abs(array).max()))
       plateau.add(array)
@@ -208,24 +212,26 @@ MapsArg = str | os.PathLike | Mapping[str, Any]
 
 def find_map_files(maps_category_dir: str | os.PathLike,
                    records: Sequence[layout.ImageRecord]) -> dict[str, pathlib.Path]:
-  """{image_id: map path} for `<maps>/<category>/test/<kind>/<stem>.tiff` (docs/data_format.md §8).
+  """{image_id: map path} for `<maps>/<category>/test/<folder>/<stem>.tiff` (docs/data_format.md §8).
 
-  Refuses entries under test/ other than the three kind folders, two maps with one stem, and maps without a
-  test image. Files with other suffixes are ignored, as by the official script.
+  <folder> is a LOCO kind, or for MVTec AD-style data a test folder (good, a defect type). Refuses other
+  entries under test/, two maps with one stem, and maps without a test image. Files with other suffixes are
+  ignored, as by the official script.
   """
   test_dir = pathlib.Path(maps_category_dir) / 'test'
   if not test_dir.is_dir():
     raise layout.LocoFormatError(
         f'{test_dir} is missing; maps go to <anomaly_maps_dir>/<object_name>/test/<kind>/<image id>.tiff '
         '(docs/data_format.md §8)')
-  unexpected = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith('.') and p.name not in KINDS)
+  folders = list(KINDS) + sorted({r.folder for r in records} - set(KINDS))
+  unexpected = sorted(p.name for p in test_dir.iterdir() if not p.name.startswith('.') and p.name not in folders)
   if unexpected:
     raise layout.LocoFormatError(
-        f'{test_dir} holds unexpected entries {unexpected}; only {list(KINDS)} belong there (the official '
+        f'{test_dir} holds unexpected entries {unexpected}; only {folders} belong there (the official '
         'script reads the kind from the folder name and breaks on anything else)')
   known = {r.image_id for r in records}
   found: dict[str, pathlib.Path] = {}
-  for kind in KINDS:
+  for kind in folders:
     kind_dir = test_dir / kind
     if not kind_dir.is_dir():
       continue

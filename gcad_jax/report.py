@@ -1,9 +1,10 @@
 """Reports: W/metrics.json with variants, plots, overlays, W/report.md, TensorBoard; tables over workdirs.
 
-  python -m gcad_jax.report W [W ...]
+  python -m gcad_jax.report W [W ...] [--benchmark loco|mvtec_ad]
 
-prints docs/method.md §10.1's Tables 3, 5 and 6 for the given workdirs (one category each; several workdirs of one
-category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
+prints docs/method.md §10.1's Tables 3, 5 and 6 (MVTec LOCO AD), or §10.2's Tables 8 and 9 (MVTec AD; the
+default when the runs' metrics.json say dataset_format mvtec_ad), for the given workdirs (one category each;
+several workdirs of one category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
 evaluator (docs/data_format.md §9, §11); this module only arranges and draws them.
 """
 
@@ -20,6 +21,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from gcad_jax import atomic_io, evaluate, scoring
+from tfds_loco import formats
 from tfds_loco import layout
 
 KINDS = layout.ANOMALY_KINDS[::-1]  # structural first, as the paper's tables
@@ -31,6 +33,10 @@ PAPER_TABLE3 = {'breakfast_box': 0.502, 'screw_bag': 0.558, 'pushpins': 0.739, '
                 'juice_bottle': 0.910, 'mean': 0.701}
 PAPER_TABLE5 = {'structural': 0.692, 'logical': 0.711, 'mean': 0.701}
 PAPER_TABLE6 = {'structural': 0.806, 'logical': 0.860, 'mean': 0.833}
+# docs/method.md §10.2 [P]: MVTec AD, Table 8 (AUC-sPRO = AUC-PRO at 0.05) and Table 9 (image AUROC), GCAD's row.
+PAPER_TABLE8 = {'structural': 0.716, 'logical': 0.863, 'mean': 0.789}
+PAPER_TABLE9 = {'structural': 0.871, 'logical': 0.991, 'mean': 0.931}
+PRO_LIMIT = '0.3'  # the usual MVTec AD PRO limit, reported beside the paper's 0.05
 
 
 # ------------------------------------------------------------------------------------------------
@@ -38,10 +44,11 @@ PAPER_TABLE6 = {'structural': 0.806, 'logical': 0.860, 'mean': 0.833}
 
 
 def headline(metrics: Mapping) -> dict:
-  """{'spro': {structural, logical, mean}, 'auroc': {...}}: AUC-sPRO@0.05 and image AUROC of one metrics dict."""
+  """{'spro', 'spro_0.3', 'auroc'} → {structural, logical, mean}: AUC-sPRO@0.05, @0.3 and image AUROC."""
   spro = metrics['localization']['auc_spro']
   roc = metrics['classification']['auc_roc']
   return {'spro': {SHORT[k]: (spro.get(k) or {}).get(LIMIT) for k in (*KINDS, 'mean')},
+          f'spro_{PRO_LIMIT}': {SHORT[k]: (spro.get(k) or {}).get(PRO_LIMIT) for k in (*KINDS, 'mean')},
           'auroc': {SHORT[k]: roc.get(k) for k in (*KINDS, 'mean')}}
 
 
@@ -166,13 +173,18 @@ def plot_spro_curves(metrics: Mapping, path: pathlib.Path, limit: float = 0.3) -
   return _save(plt, fig, path)
 
 
-def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pathlib.Path:
-  """Image-level ROC (score = map maximum), good vs each anomaly kind."""
+def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path,
+                    kinds: Mapping[str, str] | None = None) -> pathlib.Path:
+  """Image-level ROC (score = map maximum), good vs each anomaly kind.
+
+  `kinds` maps image ids to kinds (the evaluator's gcad_jax.kinds); without it the id's folder is the kind (LOCO).
+  """
   from gcad_jax.metrics import auroc  # pylint: disable=g-import-not-at-top
   plt = _pyplot()
   by_kind = {}
   for image_id, score in image_scores.items():
-    by_kind.setdefault(image_id.split('/')[1], []).append(score)
+    kind = kinds[image_id] if kinds else image_id.split('/')[1]
+    by_kind.setdefault(kind, []).append(score)
   fig, ax = plt.subplots(figsize=(4.5, 4))
   for kind in KINDS:
     if by_kind.get(kind) and by_kind.get('good'):
@@ -184,11 +196,15 @@ def plot_roc_curves(image_scores: Mapping[str, float], path: pathlib.Path) -> pa
   return _save(plt, fig, path)
 
 
-def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
+def plot_overlays(cat_dir, maps: Mapping[str, np.ndarray], out_dir: pathlib.Path,
                   per_kind: int = 2) -> list[pathlib.Path]:
-  """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale."""
+  """PNG per chosen test image: the image, its ground-truth outline (red) and the heat map, one colour scale.
+
+  `cat_dir`: a LOCO category folder or a `tfds_loco.formats.CategoryReader` of any format.
+  """
   plt = _pyplot()
-  records = layout.list_split(cat_dir, 'test')
+  reader = formats.as_reader(cat_dir)
+  records = reader.records('test')
   chosen = [r for kind in layout.KINDS for r in [r for r in records if r.kind == kind][:per_kind]]
   if not chosen:
     return []
@@ -198,20 +214,17 @@ def plot_overlays(cat_dir: pathlib.Path, maps: Mapping[str, np.ndarray], out_dir
   out_dir.mkdir(parents=True, exist_ok=True)
   written = []
   for r in chosen:
-    image = layout.read_rgb_image(r.path)
+    image = reader.read_image(r.path)
     fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
     ax.imshow(image)
     im = ax.imshow(arrays[r.image_id], cmap='jet', alpha=0.45, vmin=lo, vmax=hi)
-    gt_dir = layout.ground_truth_dir(cat_dir, r)
-    if r.kind != 'good' and gt_dir.is_dir():
-      union = np.zeros(image.shape[:2], bool)
-      for p in sorted(gt_dir.glob('*.png')):
-        union |= layout.read_mask(p) > 0
+    union = reader.union_mask(r, image.shape) if r.kind != 'good' else None
+    if union is not None and union.any():
       ax.contour(union, levels=[0.5], colors='red', linewidths=1.2)
     ax.set_title(f'{r.image_id}  max {arrays[r.image_id].max():.2f}', fontsize=8)
     ax.axis('off')
     fig.colorbar(im, ax=ax, fraction=0.04)
-    written.append(_save(plt, fig, out_dir / f'{r.kind}_{r.stem}.png', dpi=80))
+    written.append(_save(plt, fig, out_dir / f'{r.folder}_{r.stem}.png', dpi=80))
   return written
 
 
@@ -228,8 +241,8 @@ def write_category_report(workdir, metrics: Mapping, category: str, cat_dir, map
   plots = workdir / 'plots'
   plots.mkdir(parents=True, exist_ok=True)
   plot_spro_curves(metrics, plots / 'spro_curves.png')
-  plot_roc_curves(image_scores, plots / 'roc_curves.png')
-  plot_overlays(pathlib.Path(cat_dir), maps, plots / 'overlays')
+  plot_roc_curves(image_scores, plots / 'roc_curves.png', metrics.get(evaluate.EXTRAS_KEY, {}).get('kinds'))
+  plot_overlays(cat_dir, maps, plots / 'overlays')
   path = workdir / REPORT_FILE
   tmp = workdir / f'.{REPORT_FILE}.{os.getpid()}.tmp'
   tmp.write_text(category_markdown(metrics, category, extra_lines))
@@ -338,14 +351,86 @@ def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
   return '\n'.join(out) + '\n'
 
 
+def _kind_means(runs: Mapping[str, list[dict]], variant: str, metric: str) -> dict[str, tuple]:
+  """MVTec AD's means (docs/method.md §10.2): structural over every category, logical over the categories with
+  logical anomalies, mean = ½(structural + logical); per seed when every category has the same seeds."""
+  categories = sorted(runs)
+  value = lambda c, i, kind: runs[c][i][variant][metric][kind] if variant in runs[c][i] else None
+  logical = [c for c in categories if any(value(c, i, 'logical') is not None for i in range(len(runs[c])))]
+  groups = {'structural': categories, 'logical': logical}
+  counts = {len(v) for v in runs.values()}
+  seeds = range(counts.pop()) if len(counts) == 1 else None
+  out = {}
+  for kind, cats in groups.items():
+    if seeds is None:  # unequal seeds: the mean of the per-category means
+      means = [_mean_std([value(c, i, kind) for i in range(len(runs[c]))])[0] for c in cats]
+      out[kind] = [float(np.mean(means))] if cats and None not in means else [None]
+    else:
+      per_seed = [[value(c, i, kind) for c in cats] for i in seeds]
+      out[kind] = [float(np.mean(v)) if cats and None not in v else None for v in per_seed]
+  out['mean'] = [None if s is None or l is None else 0.5 * (s + l) for s, l in zip(out['structural'], out['logical'])]
+  return {kind: _mean_std(values) for kind, values in out.items()}
+
+
+def mvtec_ad_tables_markdown(runs: Mapping[str, list[dict]]) -> str:
+  """Tables 8 and 9 of the paper on MVTec AD (docs/method.md §10.2), ours (mean ± std over seeds) beside GCAD's."""
+  variants = [v for v in scoring.VARIANTS if any(v in r for rs in runs.values() for r in rs)]
+  kinds = ('structural', 'logical', 'mean')
+  out = []
+  for title, metric, paper in (('Table 8: AUC-sPRO@0.05 (= AUC-PRO: regions are connected components)', 'spro',
+                                PAPER_TABLE8),
+                               (f'AUC-PRO@{PRO_LIMIT} (the usual MVTec AD limit; not in the paper)',
+                                f'spro_{PRO_LIMIT}', None),
+                               ('Table 9: image AUROC', 'auroc', PAPER_TABLE9)):
+    out += [f'{title}; structural over all categories, logical over those with logical anomalies.', '',
+            '| maps | Structural | Logical | Mean |', '|---|---:|---:|---:|']
+    for v in variants:
+      means = _kind_means(runs, v, metric)
+      out.append(f'| ours {v} | ' + ' | '.join(_fmt(*means[k]) for k in kinds) + ' |')
+    if paper:
+      out.append('| paper GCAD | ' + ' | '.join(_fmt(paper[k]) for k in kinds) + ' |')
+    out.append('')
+  if 'combined' in variants:
+    out += ['Per category, combined maps.', '',
+            f'| category | seeds | PRO@0.05 structural | logical | PRO@{PRO_LIMIT} structural | logical '
+            '| AUROC structural | logical |', '|---|---:|' + '---:|' * 6]
+    for c in sorted(runs):
+      cell = lambda metric, kind: _fmt(*_mean_std([r['combined'][metric][kind] for r in runs[c] if 'combined' in r]))
+      out.append(f'| {c} | {len(runs[c])} | ' + ' | '.join(
+          cell(m, k) for m in ('spro', f'spro_{PRO_LIMIT}', 'auroc') for k in ('structural', 'logical')) + ' |')
+  n = ', '.join(f'{c}: {len(runs[c])}' for c in sorted(runs))
+  out += ['', f'Runs per category: {n}. ± is the sample std over seeds. The paper averages all 15 categories; a '
+          'mean over fewer is not comparable to it.']
+  return '\n'.join(out) + '\n'
+
+
+def run_format(workdirs: Iterable) -> str:
+  """'mvtec_ad' when every workdir's metrics.json says so (gcad_jax.dataset_format), else 'loco'."""
+  found = set()
+  for w in workdirs:
+    path = pathlib.Path(w) / evaluate.METRICS_FILE
+    extras = json.loads(path.read_text()).get(evaluate.EXTRAS_KEY, {}) if path.is_file() else {}
+    found.add(extras.get('dataset_format', 'loco'))
+  return 'mvtec_ad' if found == {'mvtec_ad'} else 'loco'
+
+
+def benchmark_tables(workdirs: Sequence, benchmark: str | None = None) -> str:
+  """The tables of `benchmark` ('loco': Tables 3, 5, 6; 'mvtec_ad': Tables 8, 9; None: from the runs)."""
+  runs = load_runs(workdirs)
+  benchmark = benchmark or run_format(workdirs)
+  return mvtec_ad_tables_markdown(runs) if benchmark == 'mvtec_ad' else tables_markdown(runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.report', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('workdirs', nargs='+', help='workdirs holding metrics.json (one category each)')
   parser.add_argument('--out', default=None, help='also write the tables to this markdown file')
+  parser.add_argument('--benchmark', default=None, choices=('loco', 'mvtec_ad'),
+                      help='which paper tables (default: mvtec_ad when the runs are MVTec AD runs, else loco)')
   args = parser.parse_args(argv)
   try:
-    text = tables_markdown(load_runs(args.workdirs))
+    text = benchmark_tables(args.workdirs, args.benchmark)
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

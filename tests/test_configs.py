@@ -17,7 +17,7 @@ def schedule(c):
           c.optim.learning_rate)
 
 
-@pytest.mark.parametrize('name', ['loco.py', 'synthetic.py', 'tiny.py'])
+@pytest.mark.parametrize('name', ['loco.py', 'mvtec_ad.py', 'synthetic.py', 'tiny.py'])
 def test_every_config_file_validates(name):
   config = configlib.load_config(ROOT / 'configs' / name)
   config.dataset.manual_dir = config.dataset.manual_dir or '/data/mvtec_loco'  # loco.py: given on the command line
@@ -54,3 +54,18 @@ def test_load_config_takes_the_command_line_form_and_dotted_overrides():
     configlib.load_config(ROOT / 'configs' / 'tiny.py', {'nothing.at.all': 4})
   with pytest.raises(FileNotFoundError, match=r'config file .*missing\.py not found'):
     configlib.load_config(f'{ROOT / "configs" / "missing.py"}:pushpins')
+
+
+def test_mvtec_ad_config_is_the_papers_setting_on_an_mvtec_ad_category():
+  config = configlib.load_config(f'{ROOT / "configs" / "mvtec_ad.py"}:transistor')
+  assert (config.dataset.format, config.dataset.category, config.dataset.val_fraction) == ('mvtec_ad', 'transistor', 0.1)
+  assert tuple(config.dataset.image_size) == (256, 256) and config.train.epochs == 500
+  config.dataset.manual_dir = '/data/mvtec_ad'
+  configlib.validate(config)
+  config.dataset.category = 'pushpins'
+  with pytest.raises(configlib.ConfigError, match='not an MVTec AD category'):
+    configlib.validate(config)
+  config.dataset.category = 'transistor'
+  config.dataset.logical = ('cut_lead',)
+  with pytest.raises(configlib.ConfigError, match='dataset.logical'):
+    configlib.validate(config)

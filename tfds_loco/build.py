@@ -1,7 +1,10 @@
-r"""Builds one MVTec LOCO AD category (or any folder in its layout) as a TFDS data set, without Beam.
+r"""Builds one category of MVTec LOCO AD, MVTec AD or a user's folder as a TFDS data set, without Beam.
 
   python -m tfds_loco.build --category pushpins --manual_dir ~/data/mvtec_loco \
       --data_dir ~/tensorflow_datasets [--overwrite]
+  python -m tfds_loco.build --dataset_format mvtec_ad --category bottle --manual_dir ~/data/mvtec_ad ...
+  python -m tfds_loco.build --dataset_format folder --category my_part --manual_dir ~/photos \
+      --logical wrong_label,missing_screw [--val_fraction 0.1] ...
 
 The whole category is checked first (docs/data_format.md §2–§6); a bad input ends with a one-line error
 naming the file and nothing written. Reading it back: `tfds.builder('mvtec_loco/<category>',
@@ -22,12 +25,25 @@ from typing import Any, Sequence
 from etils import epath
 import tensorflow_datasets as tfds
 
+from tfds_loco import formats
 from tfds_loco import layout
+from tfds_loco import mvtec_ad
 from tfds_loco import mvtec_loco
 
 
+def builder_for(category: str, manual_dir: epath.PathLike | None = None, data_dir: epath.PathLike | None = None,
+                dataset_format: str = 'loco', logical: Sequence[str] = (),
+                val_fraction: float = 0.1) -> tfds.core.DatasetBuilder:
+  """The builder of a category in `dataset_format` (tfds_loco.formats): mvtec_loco, or mvtec_ad for the others."""
+  if formats.check_format(dataset_format) == 'loco':
+    return mvtec_loco.builder_for(category, manual_dir=manual_dir, data_dir=data_dir)
+  return mvtec_ad.builder_for(category, manual_dir=manual_dir, data_dir=data_dir, dataset_format=dataset_format,
+                              logical=tuple(logical), val_fraction=val_fraction)
+
+
 def build(category: str, manual_dir: epath.PathLike | None = None, data_dir: epath.PathLike | None = None,
-          overwrite: bool = False, *, quiet: bool = False) -> tfds.core.DatasetBuilder:
+          overwrite: bool = False, *, quiet: bool = False, dataset_format: str = 'loco',
+          logical: Sequence[str] = (), val_fraction: float = 0.1) -> tfds.core.DatasetBuilder:
   """Checks and builds `category` from manual_dir into data_dir; reuses a built one unless overwrite.
 
   A built one is reused only if it was built from the same folder with the same files (names, sizes,
@@ -38,7 +54,7 @@ def build(category: str, manual_dir: epath.PathLike | None = None, data_dir: epa
   Raises layout.LocoFormatError (naming the file) on bad input; nothing is written then, and an
   existing data set is kept.
   """
-  builder = mvtec_loco.builder_for(category, manual_dir=manual_dir, data_dir=data_dir)
+  builder = builder_for(category, manual_dir, data_dir, dataset_format, logical, val_fraction)
   mode = (tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite
           else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
   root_handlers = list(std_logging.root.handlers)
@@ -114,9 +130,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help=f'folder holding the category folders, or {mvtec_loco.ARCHIVE_NAME}')
   parser.add_argument('--data_dir', required=True, help='TFDS data_dir to write into')
   parser.add_argument('--overwrite', action='store_true', help='rebuild if already built')
+  parser.add_argument('--dataset_format', default='loco', choices=formats.FORMATS,
+                      help='loco (default), mvtec_ad, or folder (your own MVTec AD-style folder)')
+  parser.add_argument('--logical', default='', help='folder format: comma-separated logical defect folders')
+  parser.add_argument('--val_fraction', type=float, default=0.1,
+                      help='mvtec_ad/folder without validation/good: the fraction of train/good held out')
   args = parser.parse_args(argv)
+  options = dict(dataset_format=args.dataset_format, logical=[n for n in args.logical.split(',') if n],
+                 val_fraction=args.val_fraction)
   try:
-    existing = mvtec_loco.builder_for(args.category, data_dir=args.data_dir)
+    existing = builder_for(args.category, data_dir=args.data_dir, **options)
     stale = existing.stale_reason(args.manual_dir)
     if existing.data_path.exists() and not args.overwrite and not stale:
       print(f'{existing.info.full_name} is already built in {existing.data_dir} from the same files; '
@@ -128,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       print(f'Checking and building {args.category} from {args.manual_dir} into {args.data_dir} ...',
             flush=True)
       start = time.monotonic()
-      existing = build(args.category, args.manual_dir, args.data_dir, overwrite=args.overwrite)
+      existing = build(args.category, args.manual_dir, args.data_dir, overwrite=args.overwrite, **options)
       seconds = time.monotonic() - start
     print(format_summary(summarize(existing), seconds))
   except (layout.LocoFormatError, OSError) as e:

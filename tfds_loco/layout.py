@@ -59,6 +59,11 @@ class ImageRecord:
   def stem(self) -> str:
     return self.path.stem
 
+  @property
+  def folder(self) -> str:
+    """The image's folder under its split: the kind in LOCO, the defect type in MVTec AD ('good', 'crack')."""
+    return self.image_id.split('/')[1]
+
 
 @dataclasses.dataclass(frozen=True)
 class GroundTruthChannel:
@@ -220,8 +225,9 @@ def read_png_header(path: str | pathlib.Path) -> PngHeader:
   return parse_png_header(head, path)
 
 
-def read_rgb_image(path: str | pathlib.Path) -> np.ndarray:
-  """An 8-bit RGB PNG as a (H, W, 3) uint8 array; refuses grayscale, 16-bit and unreadable files."""
+def read_rgb_image(path: str | pathlib.Path, gray_to_rgb: bool = False) -> np.ndarray:
+  """An 8-bit RGB PNG as a (H, W, 3) uint8 array; refuses 16-bit and unreadable files, and grayscale
+  unless `gray_to_rgb` (MVTec AD has grey categories: the grey value goes to all three channels)."""
   path = pathlib.Path(path)
   header = read_png_header(path)
   if header.bit_depth != 8:
@@ -232,7 +238,7 @@ def read_rgb_image(path: str | pathlib.Path) -> np.ndarray:
     with Image.open(path) as img:
       img.load()
       mode = img.mode
-      if mode == 'RGBA':
+      if mode == 'RGBA' or gray_to_rgb and mode in ('L', 'LA'):
         img = img.convert('RGB')
         mode = 'RGB'
       if mode != 'RGB':

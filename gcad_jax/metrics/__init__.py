@@ -1,6 +1,6 @@
 """Evaluation metrics as pure NumPy functions: exact sPRO curves, AUC-sPRO, image AUROC (docs/data_format.md §9, §11).
 
-The submodules are `spro` and `auroc`; the package re-exports their main functions.
+The submodules are `spro`, `pro` (PRO on MVTec AD) and `auroc`; the package re-exports their main functions.
 """
 
 from gcad_jax.metrics.auroc import auroc_official

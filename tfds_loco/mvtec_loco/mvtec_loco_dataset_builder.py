@@ -18,7 +18,7 @@ import pathlib
 import re
 import shutil
 import tarfile
-from typing import Any
+from typing import Any, Callable
 import uuid
 
 from absl import logging
@@ -53,17 +53,25 @@ def sha256(path: pathlib.Path, chunk_bytes: int = 1 << 22) -> str:
 
 
 def extract_archive(archive: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
-  """Verifies the archive's SHA-256 (§1), extracts it to a hidden folder, renames that to `target`."""
+  """Verifies the archive's SHA-256 (§1), then extracts it (extract_tar)."""
   actual = sha256(archive)
   if actual != ARCHIVE_SHA256:
     raise ArchiveError(
         f'{archive} has SHA-256 {actual}, expected {ARCHIVE_SHA256}; the download is incomplete or not '
         'the MVTec LOCO AD archive: download it again (or extract it yourself into the manual_dir)')
+  return extract_tar(archive, target)
+
+
+def extract_tar(archive: pathlib.Path, target: pathlib.Path,
+                check_tree: Callable[[pathlib.Path], None] | None = None) -> pathlib.Path:
+  """Extracts a .tar.xz to a hidden folder, lets `check_tree` refuse it, then renames it to `target`."""
   tmp = target.parent / f'.{target.name}.incomplete-{uuid.uuid4().hex[:8]}'
   try:
     with tarfile.open(archive, 'r:xz') as tar:
       # The 'data' filter refuses absolute paths, links out of the folder and device files.
       tar.extractall(tmp, **({'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}))
+    if check_tree is not None:
+      check_tree(tmp)
     tmp.rename(target)
   except (tarfile.TarError, OSError, EOFError) as e:
     raise ArchiveError(f'{archive} cannot be extracted ({e}); download it again') from e
@@ -73,13 +81,19 @@ def extract_archive(archive: pathlib.Path, target: pathlib.Path) -> pathlib.Path
   return target
 
 
-def locate_category(manual_dir: epath.PathLike, category: str) -> pathlib.Path:
-  """The category folder under manual_dir, extracting the archive there first if needed (§1)."""
+def checked_manual_dir(manual_dir: epath.PathLike, archive_name: str = ARCHIVE_NAME) -> pathlib.Path:
+  """manual_dir as a path, refused with the fix when it is not a folder."""
   manual_dir = pathlib.Path(manual_dir).expanduser()
   if not manual_dir.is_dir():
     raise layout.LocoFormatError(
-        f'manual_dir {manual_dir} does not exist or is not a folder; put {ARCHIVE_NAME} or the extracted '
+        f'manual_dir {manual_dir} does not exist or is not a folder; put {archive_name} or the extracted '
         'category folders there (see MANUAL_DOWNLOAD_INSTRUCTIONS)')
+  return manual_dir
+
+
+def locate_category(manual_dir: epath.PathLike, category: str) -> pathlib.Path:
+  """The category folder under manual_dir, extracting the archive there first if needed (§1)."""
+  manual_dir = checked_manual_dir(manual_dir)
   try:
     return layout.category_dir(manual_dir, category)
   except layout.LocoFormatError as not_found:
@@ -225,7 +239,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     manual_dir = manual_dir or self._manual_dir
     if not manual_dir or not self._has_files():
       return None
-    current = source_record(locate_category(manual_dir, self.builder_config.name))
+    current = self._source_record(self._locate(manual_dir))
     change = source_change(self.info.metadata.get('source'), current)
     return change and f'{self.info.full_name} in {self.data_dir_root}: {change}'
 
@@ -249,18 +263,29 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     if not reused and mode != tfds.download.GenerateMode.UPDATE_DATASET_INFO:
       manual_dir = (download_config.manual_dir or self._manual_dir
                     or epath.Path(download_dir or self.data_dir_root / 'downloads') / 'manual')
-      cat_dir = locate_category(manual_dir, self.builder_config.name)
-      self._source = source_record(cat_dir)  # before the scan: a file changed during it means a rebuild
-      self._scan = scan_manual_dir(manual_dir, self.builder_config.name)
+      cat_dir = self._locate(manual_dir)
+      self._source = self._source_record(cat_dir)  # before the scan: a file changed during it means a rebuild
+      self._scan = self._scan_dir(manual_dir)
     try:
       super().download_and_prepare(download_dir=download_dir, download_config=download_config, **kwargs)
     finally:
       self._scan = self._source = None
 
+  # Where the category is and how it is read: the hooks a builder of another layout overrides (tfds_loco.mvtec_ad).
+
+  def _locate(self, manual_dir: epath.PathLike) -> pathlib.Path:
+    return locate_category(manual_dir, self.builder_config.name)
+
+  def _scan_dir(self, manual_dir: epath.PathLike) -> category_scan.CategoryScan:
+    return scan_manual_dir(manual_dir, self.builder_config.name)
+
+  def _source_record(self, cat_dir: epath.PathLike) -> dict[str, Any]:
+    return source_record(cat_dir)
+
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    scan = self._scan or scan_manual_dir(dl_manager.manual_dir, self.builder_config.name)
+    scan = self._scan or self._scan_dir(dl_manager.manual_dir)
     self.info.metadata.update(
-        source=self._source or source_record(scan.cat_dir),
+        source=self._source or self._source_record(scan.cat_dir),
         defects_config=scan.defects_json,
         image_size={'width': scan.image_size[0], 'height': scan.image_size[1]},
     )
@@ -302,7 +327,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
 
 def _image_input(image: category_scan.ScannedImage):
-  """The PNG file itself when it decodes to RGB as is; else the RGB pixels, re-encoded by PIL."""
+  """The PNG file itself when it decodes to RGB as is; else the RGB pixels, re-encoded by PIL.
+
+  Grey images reach here only from layouts that allow them (MVTec AD; the LOCO scan refuses them).
+  """
   if image.header.color_type == layout.PNG_RGB:
     return image.record.path
-  return Image.fromarray(layout.read_rgb_image(image.record.path))
+  return Image.fromarray(layout.read_rgb_image(image.record.path, gray_to_rgb=True))
