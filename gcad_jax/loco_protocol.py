@@ -261,8 +261,8 @@ def _hms(seconds: float) -> str:
 def _summary(run: Run) -> str:
   from gcad_jax import report  # pylint: disable=g-import-not-at-top
   h = report.headline(json.loads((run.workdir / 'metrics.json').read_text()))
-  return (f'AUC-sPRO@0.05 mean {report._fmt(h["spro"]["mean"])}, '  # pylint: disable=protected-access
-          f'image AUROC mean {report._fmt(h["auroc"]["mean"])}')  # pylint: disable=protected-access
+  return (f'AUC-sPRO@0.05 mean {report.fmt(h["spro"]["mean"])}, '
+          f'image AUROC mean {report.fmt(h["auroc"]["mean"])}')
 
 
 # ------------------------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def _summary(run: Run) -> str:
 def write_report(workdir: pathlib.Path, runs: Sequence[Run], settings: dict,
                  failed: Sequence[tuple[Run, str]] = ()) -> pathlib.Path:
   """WORKDIR/report.md: gcad_jax.report's tables over the finished runs, with the protocol's settings."""
-  from gcad_jax import report  # pylint: disable=g-import-not-at-top
+  from gcad_jax import benchmark_tables  # pylint: disable=g-import-not-at-top
   done = [r for r in runs if is_done(r)]
   overrides = ', '.join(f'`{o}`' for o in settings['overrides']) or 'none'
   benchmark = BENCHMARKS[settings.get('benchmark', 'loco')]
@@ -281,7 +281,7 @@ def write_report(workdir: pathlib.Path, runs: Sequence[Run], settings: dict,
            f'`{settings["manual_dir"]}`. Each run: `{workdir}/seed<s>/<category>/` (metrics.json, '
            'report.md, anomaly_maps/, plots/).', '']
   if done:
-    lines.append(report.benchmark_tables([r.workdir for r in done], benchmark.dataset_format))
+    lines.append(benchmark_tables.benchmark_tables([r.workdir for r in done], benchmark.dataset_format))
   pending = [r for r in runs if not is_done(r)]
   if pending:
     why = dict((r, msg) for r, msg in failed)

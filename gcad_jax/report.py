@@ -1,22 +1,22 @@
-"""Reports: W/metrics.json with variants, plots, overlays, W/report.md, TensorBoard; tables over workdirs.
+"""Reports: W/metrics.json with variants, plots, overlays, W/report.md, TensorBoard; the tables' command line.
 
   python -m gcad_jax.report W [W ...] [--benchmark loco|mvtec_ad]
 
 prints docs/method.md §10.1's Tables 3, 5 and 6 (MVTec LOCO AD), or §10.2's Tables 8 and 9 (MVTec AD; the
 default when the runs' metrics.json say dataset_format mvtec_ad), for the given workdirs (one category each;
-several workdirs of one category are seeds: mean ± std), with the paper's GCAD figures beside ours. Metric values come from the
-evaluator (docs/data_format.md §9, §11); this module only arranges and draws them.
+several workdirs of one category are seeds: mean ± std), with the paper's GCAD figures beside ours
+(gcad_jax/benchmark_tables.py builds them). Metric values come from the evaluator (docs/data_format.md §9,
+§11); this module only arranges and draws them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import pathlib
 import sys
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def per_defect_type_rows(metrics: Mapping) -> dict[str, dict]:
   return rows
 
 
-def _fmt(value, std=None) -> str:
+def fmt(value, std=None) -> str:
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return '–'
   return f'{value:.3f}' if std is None else f'{value:.3f} ± {std:.3f}'
@@ -114,11 +114,11 @@ def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str
            '| maps | sPRO@0.05 structural | logical | mean | AUROC structural | logical | mean |',
            '|---|---:|---:|---:|---:|---:|---:|']
   for name, h in rows.items():
-    lines.append(f'| {name} | ' + ' | '.join(_fmt(h['spro'][k]) for k in ('structural', 'logical', 'mean'))
-                 + ' | ' + ' | '.join(_fmt(h['auroc'][k]) for k in ('structural', 'logical', 'mean')) + ' |')
+    lines.append(f'| {name} | ' + ' | '.join(fmt(h['spro'][k]) for k in ('structural', 'logical', 'mean'))
+                 + ' | ' + ' | '.join(fmt(h['auroc'][k]) for k in ('structural', 'logical', 'mean')) + ' |')
   lines.append('| paper GCAD (5-category means, Tables 5, 6) | '
-               + ' | '.join(_fmt(PAPER_TABLE5[k]) for k in ('structural', 'logical', 'mean')) + ' | '
-               + ' | '.join(_fmt(PAPER_TABLE6[k]) for k in ('structural', 'logical', 'mean')) + ' |')
+               + ' | '.join(fmt(PAPER_TABLE5[k]) for k in ('structural', 'logical', 'mean')) + ' | '
+               + ' | '.join(fmt(PAPER_TABLE6[k]) for k in ('structural', 'logical', 'mean')) + ' |')
   if category in PAPER_TABLE3:
     lines.append(f'\nPaper GCAD AUC-sPRO@0.05 on {category} (Table 3): {PAPER_TABLE3[category]:.3f}.')
   types = per_defect_type_rows(metrics)
@@ -129,12 +129,12 @@ def category_markdown(metrics: Mapping, category: str, extra_lines: Sequence[str
               + ' | '.join(f'sPRO@0.05 {v}' for v in variants) + ' |',
               '|---|---|' + '---:|' * (2 * len(variants))]
     for name, row in types.items():
-      lines.append(f'| {name} | {row["kind"]} | ' + ' | '.join(_fmt(row[v]['auroc']) for v in variants) + ' | '
-                   + ' | '.join(_fmt(row[v]['spro']) for v in variants) + ' |')
+      lines.append(f'| {name} | {row["kind"]} | ' + ' | '.join(fmt(row[v]['auroc']) for v in variants) + ' | '
+                   + ' | '.join(fmt(row[v]['spro']) for v in variants) + ' |')
   spro = metrics['localization']['auc_spro']['mean'] or {}
   lines += ['', 'Combined maps, mean AUC-sPRO at every integration limit (Table 7):', '',
             '| ' + ' | '.join(spro) + ' |', '|' + '---:|' * len(spro),
-            '| ' + ' | '.join(_fmt(v) for v in spro.values()) + ' |', '',
+            '| ' + ' | '.join(fmt(v) for v in spro.values()) + ' |', '',
             'Plots: `plots/spro_curves.png`, `plots/roc_curves.png`; overlays in `plots/overlays/`. '
             'Evaluator: exact mode of `gcad_jax.evaluate` (docs/data_format.md §11).']
   return '\n'.join(lines) + '\n'
@@ -267,160 +267,6 @@ def write_scalars(workdir, metrics: Mapping, step: int) -> None:
   writer.close()
 
 
-# ------------------------------------------------------------------------------------------------
-# Tables over workdirs (Tables 3, 5, 6).
-
-
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-  vals = [v for v in values if v is not None]
-  if not vals:
-    return None, None
-  return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
-
-
-def _seed(workdir: pathlib.Path) -> int | None:
-  path = workdir / 'config.json'
-  try:
-    return int(json.loads(path.read_text())['seed']) if path.is_file() else None
-  except (KeyError, TypeError, ValueError):
-    return None
-
-
-def load_runs(workdirs: Iterable) -> dict[str, list[dict]]:
-  """{category: [variant_headlines of each workdir (seed)]} from W/metrics.json, by seed (W/config.json).
-
-  Sorted by seed, so that with the same seeds in every category the i-th run of each is one seed.
-  """
-  found: dict[str, list[tuple]] = {}
-  for order, w in enumerate(workdirs):
-    path = pathlib.Path(w) / evaluate.METRICS_FILE
-    if not path.is_file():
-      raise FileNotFoundError(f'{path} is missing; run --mode=eval on {w} first')
-    metrics = json.loads(path.read_text())
-    category = metrics.get(evaluate.EXTRAS_KEY, {}).get('category') or pathlib.Path(w).name
-    seed = _seed(pathlib.Path(w))
-    found.setdefault(category, []).append((seed is None, seed or 0, order, variant_headlines(metrics)))
-  return {c: [entry[-1] for entry in sorted(entries, key=lambda e: e[:3])] for c, entries in found.items()}
-
-
-def tables_markdown(runs: Mapping[str, list[dict]]) -> str:
-  """Tables 3, 5 and 6 (docs/method.md §10.1) of ours (mean ± std over seeds) beside the paper's GCAD row."""
-  categories = sorted(runs)
-  seeds = {len(v) for v in runs.values()}
-  aligned = len(seeds) == 1  # the same number of seeds everywhere: a per-seed dataset mean, then its std
-  out = []
-
-  def dataset_mean(variant, metric, kind):
-    per_cat = [[r[variant][metric][kind] if variant in r else None for r in runs[c]] for c in categories]
-    if aligned:
-      per_seed = [np.mean([pc[i] for pc in per_cat]) if all(pc[i] is not None for pc in per_cat) else None
-                  for i in range(len(per_cat[0]))]
-      return _mean_std(per_seed)
-    means = [_mean_std(pc)[0] for pc in per_cat]
-    return (float(np.mean(means)), None) if all(m is not None for m in means) else (None, None)
-
-  variants = [v for v in scoring.VARIANTS if any(v in r for rs in runs.values() for r in rs)]
-  out += ['Table 3: AUC-sPRO@0.05 per category (mean of structural and logical).', '',
-          '| maps | ' + ' | '.join(categories) + ' | Mean |', '|---|' + '---:|' * (len(categories) + 1)]
-  for v in variants:
-    cells = [_fmt(*_mean_std([r[v]['spro']['mean'] for r in runs[c] if v in r])) for c in categories]
-    out.append(f'| ours {v} | ' + ' | '.join(cells) + f' | {_fmt(*dataset_mean(v, "spro", "mean"))} |')
-  out.append('| paper GCAD | ' + ' | '.join(_fmt(PAPER_TABLE3.get(c)) for c in categories)
-             + f' | {_fmt(PAPER_TABLE3["mean"])} |')
-  for number, metric, paper, title in ((5, 'spro', PAPER_TABLE5, 'AUC-sPRO@0.05 by anomaly kind'),
-                                       (6, 'auroc', PAPER_TABLE6, 'image AUROC by anomaly kind')):
-    out += ['', f'Table {number}: {title} (mean over the categories).', '',
-            '| maps | Structural | Logical | Mean |', '|---|---:|---:|---:|']
-    for v in variants:
-      out.append(f'| ours {v} | ' + ' | '.join(_fmt(*dataset_mean(v, metric, k))
-                                              for k in ('structural', 'logical', 'mean')) + ' |')
-    out.append('| paper GCAD | ' + ' | '.join(_fmt(paper[k]) for k in ('structural', 'logical', 'mean')) + ' |')
-  if 'combined' in variants:
-    out += ['', 'Per category, combined maps: AUC-sPRO@0.05 and image AUROC by anomaly kind, beside the paper\'s '
-            'AUC-sPRO@0.05 (Table 3).', '',
-            '| category | seeds | sPRO structural | sPRO logical | sPRO mean | paper sPRO mean '
-            '| AUROC structural | AUROC logical | AUROC mean |', '|---|---:|' + '---:|' * 7]
-    for c in categories:
-      cell = lambda metric, kind: _fmt(*_mean_std([r['combined'][metric][kind] for r in runs[c] if 'combined' in r]))
-      out.append(f'| {c} | {len(runs[c])} | ' + ' | '.join(cell('spro', k) for k in ('structural', 'logical', 'mean'))
-                 + f' | {_fmt(PAPER_TABLE3.get(c))} | '
-                 + ' | '.join(cell('auroc', k) for k in ('structural', 'logical', 'mean')) + ' |')
-  n = ', '.join(f'{c}: {len(runs[c])}' for c in categories)
-  out += ['', f'Runs per category: {n}. ± is the sample std over seeds. The paper averages the five real '
-          'categories; a mean over other categories is not comparable to it.']
-  return '\n'.join(out) + '\n'
-
-
-def _kind_means(runs: Mapping[str, list[dict]], variant: str, metric: str) -> dict[str, tuple]:
-  """MVTec AD's means (docs/method.md §10.2): structural over every category, logical over the categories with
-  logical anomalies, mean = ½(structural + logical); per seed when every category has the same seeds."""
-  categories = sorted(runs)
-  value = lambda c, i, kind: runs[c][i][variant][metric][kind] if variant in runs[c][i] else None
-  logical = [c for c in categories if any(value(c, i, 'logical') is not None for i in range(len(runs[c])))]
-  groups = {'structural': categories, 'logical': logical}
-  counts = {len(v) for v in runs.values()}
-  seeds = range(counts.pop()) if len(counts) == 1 else None
-  out = {}
-  for kind, cats in groups.items():
-    if seeds is None:  # unequal seeds: the mean of the per-category means
-      means = [_mean_std([value(c, i, kind) for i in range(len(runs[c]))])[0] for c in cats]
-      out[kind] = [float(np.mean(means))] if cats and None not in means else [None]
-    else:
-      per_seed = [[value(c, i, kind) for c in cats] for i in seeds]
-      out[kind] = [float(np.mean(v)) if cats and None not in v else None for v in per_seed]
-  out['mean'] = [None if s is None or l is None else 0.5 * (s + l) for s, l in zip(out['structural'], out['logical'])]
-  return {kind: _mean_std(values) for kind, values in out.items()}
-
-
-def mvtec_ad_tables_markdown(runs: Mapping[str, list[dict]]) -> str:
-  """Tables 8 and 9 of the paper on MVTec AD (docs/method.md §10.2), ours (mean ± std over seeds) beside GCAD's."""
-  variants = [v for v in scoring.VARIANTS if any(v in r for rs in runs.values() for r in rs)]
-  kinds = ('structural', 'logical', 'mean')
-  out = []
-  for title, metric, paper in (('Table 8: AUC-sPRO@0.05 (= AUC-PRO: regions are connected components)', 'spro',
-                                PAPER_TABLE8),
-                               (f'AUC-PRO@{PRO_LIMIT} (the usual MVTec AD limit; not in the paper)',
-                                f'spro_{PRO_LIMIT}', None),
-                               ('Table 9: image AUROC', 'auroc', PAPER_TABLE9)):
-    out += [f'{title}; structural over all categories, logical over those with logical anomalies.', '',
-            '| maps | Structural | Logical | Mean |', '|---|---:|---:|---:|']
-    for v in variants:
-      means = _kind_means(runs, v, metric)
-      out.append(f'| ours {v} | ' + ' | '.join(_fmt(*means[k]) for k in kinds) + ' |')
-    if paper:
-      out.append('| paper GCAD | ' + ' | '.join(_fmt(paper[k]) for k in kinds) + ' |')
-    out.append('')
-  if 'combined' in variants:
-    out += ['Per category, combined maps.', '',
-            f'| category | seeds | PRO@0.05 structural | logical | PRO@{PRO_LIMIT} structural | logical '
-            '| AUROC structural | logical |', '|---|---:|' + '---:|' * 6]
-    for c in sorted(runs):
-      cell = lambda metric, kind: _fmt(*_mean_std([r['combined'][metric][kind] for r in runs[c] if 'combined' in r]))
-      out.append(f'| {c} | {len(runs[c])} | ' + ' | '.join(
-          cell(m, k) for m in ('spro', f'spro_{PRO_LIMIT}', 'auroc') for k in ('structural', 'logical')) + ' |')
-  n = ', '.join(f'{c}: {len(runs[c])}' for c in sorted(runs))
-  out += ['', f'Runs per category: {n}. ± is the sample std over seeds. The paper averages all 15 categories; a '
-          'mean over fewer is not comparable to it.']
-  return '\n'.join(out) + '\n'
-
-
-def run_format(workdirs: Iterable) -> str:
-  """'mvtec_ad' when every workdir's metrics.json says so (gcad_jax.dataset_format), else 'loco'."""
-  found = set()
-  for w in workdirs:
-    path = pathlib.Path(w) / evaluate.METRICS_FILE
-    extras = json.loads(path.read_text()).get(evaluate.EXTRAS_KEY, {}) if path.is_file() else {}
-    found.add(extras.get('dataset_format', 'loco'))
-  return 'mvtec_ad' if found == {'mvtec_ad'} else 'loco'
-
-
-def benchmark_tables(workdirs: Sequence, benchmark: str | None = None) -> str:
-  """The tables of `benchmark` ('loco': Tables 3, 5, 6; 'mvtec_ad': Tables 8, 9; None: from the runs)."""
-  runs = load_runs(workdirs)
-  benchmark = benchmark or run_format(workdirs)
-  return mvtec_ad_tables_markdown(runs) if benchmark == 'mvtec_ad' else tables_markdown(runs)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.report', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -429,8 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--benchmark', default=None, choices=('loco', 'mvtec_ad'),
                       help='which paper tables (default: mvtec_ad when the runs are MVTec AD runs, else loco)')
   args = parser.parse_args(argv)
+  from gcad_jax import benchmark_tables  # pylint: disable=g-import-not-at-top (it imports this module)
   try:
-    text = benchmark_tables(args.workdirs, args.benchmark)
+    text = benchmark_tables.benchmark_tables(args.workdirs, args.benchmark)
   except (FileNotFoundError, KeyError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

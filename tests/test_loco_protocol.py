@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from gcad_jax import evaluate, loco_protocol, report
+from gcad_jax import benchmark_tables, evaluate, loco_protocol
 from tfds_loco import layout
 from tfds_loco import synthetic
 import workdir_checks
@@ -65,7 +65,7 @@ def test_report_has_mean_and_std_over_seeds_per_category_rows_and_the_paper(prot
   for category in CATEGORIES:  # a per-category row, 2 seeds, mean ± std
     row = next(line for line in text.splitlines() if line.startswith(f'| {category} | 2 |'))
     assert row.count(' ± ') == 6
-  runs = report.load_runs([root / 'w' / f'seed{s}' / c for s in SEEDS for c in CATEGORIES])
+  runs = benchmark_tables.load_runs([root / 'w' / f'seed{s}' / c for s in SEEDS for c in CATEGORIES])
   grid = [r['combined']['spro']['mean'] for r in runs['synthetic_grid']]
   assert f'{np.mean(grid):.3f} ± {np.std(grid, ddof=1):.3f}' in text  # Table 3 cell: mean ± sample std
   combined = next(line for line in text.splitlines() if line.startswith('| ours combined |'))

@@ -7,7 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from gcad_jax import evaluate, map_files, report, scoring
+from gcad_jax import benchmark_tables, evaluate, map_files, report, scoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
@@ -106,11 +106,11 @@ def test_mvtec_ad_tables_average_logical_only_over_categories_with_logical_anoma
                      _headlines((0.8, None, None), (0.8, None, None), (0.9, None, None))],
           'cable': [_headlines((0.4, 0.9, 0.65), (0.5, 0.9, 0.7), (0.7, 1.0, 0.85)),
                     _headlines((0.6, 0.7, 0.65), (0.5, 0.9, 0.7), (0.7, 1.0, 0.85))]}
-  means = report._kind_means(runs, 'combined', 'spro')  # pylint: disable=protected-access
+  means = benchmark_tables._kind_means(runs, 'combined', 'spro')  # pylint: disable=protected-access
   # Seed 0: structural (0.6 + 0.4) / 2 = 0.5, logical 0.9 (cable only), mean 0.7; seed 1: 0.7, 0.7, 0.7.
   assert means['structural'][0] == pytest.approx(0.6) and means['logical'][0] == pytest.approx(0.8)
   assert means['mean'] == (pytest.approx(0.7), pytest.approx(0.0))
-  text = report.mvtec_ad_tables_markdown(runs)
+  text = benchmark_tables.mvtec_ad_tables_markdown(runs)
   assert 'Table 8' in text and 'Table 9' in text and 'AUC-PRO@0.3' in text
   assert '| paper GCAD | 0.716 | 0.863 | 0.789 |' in text and '| paper GCAD | 0.871 | 0.991 | 0.931 |' in text
   assert '| ours combined | 0.600 ± 0.141 | 0.800 ± 0.141 | 0.700 ± 0.000 |' in text
