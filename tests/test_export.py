@@ -1,0 +1,135 @@
+"""gcad_jax/export.py, export_formats.py, exported.py: a trained tiny workdir exported (docs/deploy.md; issue 27).
+
+Parity: every format's maps and scores equal `gcad_jax.load(W).score` within 1e-4 and its flags are identical,
+each format loaded in a fresh process. The images are at the network size (64²), where the input resize is
+exact; at other sizes a runtime's own float rounding of the resize may move a pixel by one grey level
+(docs/deploy.md, "Parity").
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import gcad_jax
+from gcad_jax import export, exported
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FORMATS = ('stablehlo', 'saved_model')
+# Runs in a fresh process: loads one format and scores the saved images; fails if the loader pulled in the
+# training stack (flax, TFDS, gcad_jax.train) or, for stablehlo, TensorFlow.
+_SCORE = """
+import sys, numpy as np, gcad_jax
+fmt, folder, images, out = sys.argv[1:]
+model = gcad_jax.load_exported(folder, fmt)
+res = model.serve(np.load(images))
+banned = ['flax', 'tensorflow_datasets', 'gcad_jax.train', 'gcad_jax.predict', 'optax', 'orbax']
+banned += ['tensorflow'] if fmt != 'saved_model' else []
+loaded = [m for m in banned if m in sys.modules]
+assert not loaded, f'{fmt} loader imported {loaded}'
+np.savez(out, **res)
+"""
+
+
+def _crops(root):
+  """The fixture's four images cropped to the network size (64, 64), uint8 RGB."""
+  paths = sorted((root / 'images').iterdir())
+  return np.stack([exported.read_image(p)[:64, :64] for p in paths])
+
+
+@pytest.fixture(scope='module')
+def exports(trained, tmp_path_factory):
+  root, _ = trained
+  out = tmp_path_factory.mktemp('export')
+  model = gcad_jax.load(root / 'w')
+  dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)
+  images = _crops(root)
+  np.save(out / 'images.npy', images)
+  return root, out, model, images, dynamic
+
+
+def _run_fresh(fmt, folder, images_npy, out):
+  env = dict(os.environ, XLA_FLAGS='', PYTHONPATH=str(ROOT))
+  subprocess.run([sys.executable, '-c', _SCORE, fmt, str(folder), str(images_npy), str(out)], cwd=ROOT, env=env,
+                 check=True, timeout=300)
+  return dict(np.load(out))
+
+
+@pytest.mark.parametrize('fmt', FORMATS)
+def test_each_format_in_a_fresh_process_equals_load_score(exports, fmt, tmp_path):
+  root, out, model, images, manifest = exports
+  maps, scores = model.score(images)
+  threshold = manifest['threshold']['value']
+  got = _run_fresh(fmt, out / 'dynamic', out / 'images.npy', tmp_path / 'res.npz')
+  assert got['maps'].shape == (4, 64, 64) and got['maps'].dtype == np.float32
+  diff = np.abs(got['maps'] - np.stack(maps)).max()
+  print(f'{fmt}: max |maps - load(W).score| = {diff:.3g}')
+  assert diff <= 1e-4
+  np.testing.assert_allclose(got['scores'], scores, rtol=0, atol=1e-4)
+  np.testing.assert_array_equal(got['flags'], np.asarray(scores) > threshold)
+  assert float(got['threshold']) == pytest.approx(threshold, rel=1e-7)
+
+
+def test_manifest_holds_spec_threshold_provenance_versions_and_checksums(exports):
+  root, out, _, _, manifest = exports
+  saved = json.loads((out / 'dynamic' / exported.MANIFEST).read_text())
+  assert saved == json.loads(json.dumps(manifest))
+  assert saved['input']['shape'] == [None, 64, 64, 3] and saved['input']['dtype'] == 'uint8'
+  thr = json.loads((root / 'w' / 'threshold.json').read_text())
+  assert saved['threshold']['value'] == thr['threshold'] and saved['threshold']['quantile'] == 1.0
+  assert saved['scales'] == [17] and saved['score']['fusion'] == 'sum'
+  assert saved['config']['dataset']['category'] == 'synthetic_grid'
+  assert saved['provenance']['checkpoint_steps'] == {'17': 1} and saved['provenance']['training']['seed'] == 0
+  assert {'jax', 'gcad_jax', 'numpy'} <= set(saved['packages'])
+  assert set(saved['formats']) == set(FORMATS) and saved['formats']['stablehlo']['batch'] == 'dynamic'
+  for name, digest in saved['files'].items():
+    assert exported.sha256(out / 'dynamic' / name) == digest
+
+
+def test_fixed_batch_and_other_input_size_in_process(exports, tmp_path):
+  """--batch 3 (padded and split) and a 64×96 input (the fixture images' own size), stablehlo."""
+  root, _, model, _, _ = exports
+  export.export(root / 'w', tmp_path / 'b3', image_size=(64, 96), batch=3, model=model)
+  loaded = gcad_jax.load_exported(tmp_path / 'b3')
+  assert loaded.batch == 3 and loaded.image_size == (64, 96)
+  images = [exported.read_image(p) for p in sorted((root / 'images').iterdir())]
+  maps, scores = model.score(images)
+  got_maps, got_scores = loaded.score(images)  # 4 images: a batch of 3 and a padded one
+  assert np.abs(np.stack(got_maps) - np.stack(maps)).max() <= 1e-4
+  np.testing.assert_allclose(got_scores, scores, atol=1e-4)
+  with pytest.raises(ValueError, match=r'takes uint8 \(N, 64, 96, 3\).*--image_size'):
+    loaded.serve(np.zeros((1, 64, 64, 3), np.uint8))
+
+
+def test_altered_files_and_other_versions_are_refused(exports, tmp_path):
+  _, out, _, _, _ = exports
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'copy'
+  shutil.copytree(out / 'dynamic', folder)
+  data = bytearray((folder / 'model.stablehlo').read_bytes())
+  data[-1] ^= 1
+  (folder / 'model.stablehlo').write_bytes(bytes(data))
+  with pytest.raises(exported.ExportError, match='model.stablehlo does not match its SHA-256'):
+    gcad_jax.load_exported(folder)
+  manifest = json.loads((folder / exported.MANIFEST).read_text())
+  manifest['format_version'] = exported.FORMAT_VERSION + 1
+  (folder / exported.MANIFEST).write_text(json.dumps(manifest))
+  with pytest.raises(exported.ExportError, match='export format version 2.*export the workdir again'):
+    gcad_jax.load_exported(folder)
+  with pytest.raises(exported.ExportError, match='not a gcad_jax export'):
+    gcad_jax.load_exported(tmp_path)
+
+
+def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
+  root, _ = trained
+  args = ['--workdir', str(root / 'w'), '--out', str(tmp_path / 'e')]
+  assert export.main([*args, '--formats', 'tflite']) == 2
+  assert "['tflite'] not among" in capsys.readouterr().err
+  assert export.main([*args, '--image_size', '64x64']) == 2
+  assert 'give H,W' in capsys.readouterr().err
+  assert export.main(['--workdir', str(tmp_path), '--out', str(tmp_path / 'e')]) == 2
+  assert 'config.json is missing' in capsys.readouterr().err
