@@ -78,10 +78,19 @@ def export(workdir, out, *, image_size: Sequence[int] | None = None, batch: int 
   workdir, out = pathlib.Path(workdir), pathlib.Path(out)
   if model is None:
     model = predict.load(workdir, parallel.make_mesh(jax.devices()[:1]))
-  value, source = predict._threshold(model, threshold, threshold_quantile)  # pylint: disable=protected-access
+  if threshold == 'validation' or (threshold == 'auto' and model.threshold is None):
+    try:  # Chosen as predict chooses it, but not saved: the export leaves the workdir as it is.
+      saved = model.validation_threshold(threshold_quantile, save=False)
+    except Exception as e:  # pylint: disable=broad-except (any missing data: say so below)
+      raise ValueError(f'no threshold for {workdir}: the validation images of {model.config.dataset.category} '
+                       f'could not be scored ({type(e).__name__}: {e}); give --threshold NUMBER') from e
+    value, source = saved['threshold'], (f'quantile {threshold_quantile} of {saved["num_images"]} validation '
+                                         'image scores, chosen at export')
+  else:
+    value, source = predict._threshold(model, threshold, threshold_quantile)  # pylint: disable=protected-access
+    saved = model.threshold if source != 'given' else None
   if value is None:
-    raise ValueError(f'no threshold for {workdir}: the export needs one; give --threshold NUMBER, or '
-                     '--threshold validation with the data set at config.dataset.manual_dir')
+    raise ValueError('--threshold none: the export needs a threshold; give auto, validation or a number')
   size = _parse_size(None, image_size if image_size is not None else model.config.dataset.image_size)
   fn = serving.serving_function(model, size, value)
   out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +103,6 @@ def export(workdir, out, *, image_size: Sequence[int] | None = None, batch: int 
     old.unlink(missing_ok=True)
     entries[name] = export_formats.WRITERS[name](fn, size, batch, out)
   config = model.config
-  saved = model.threshold if source != 'given' else None
   manifest = {
       'format_version': exported_lib.FORMAT_VERSION,
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),

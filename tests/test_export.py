@@ -6,17 +6,21 @@ exact; at other sizes a runtime's own float rounding of the resize may move a pi
 (docs/deploy.md, "Parity").
 """
 
+import csv
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
+import tifffile
 
 import gcad_jax
-from gcad_jax import export, exported
+from gcad_jax import export, exported, predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORMATS = ('stablehlo', 'saved_model')
@@ -47,6 +51,7 @@ def exports(trained, tmp_path_factory):
   out = tmp_path_factory.mktemp('export')
   model = gcad_jax.load(root / 'w')
   dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)
+  export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model)  # the images' own size
   images = _crops(root)
   np.save(out / 'images.npy', images)
   return root, out, model, images, dynamic
@@ -75,12 +80,12 @@ def test_each_format_in_a_fresh_process_equals_load_score(exports, fmt, tmp_path
 
 
 def test_manifest_holds_spec_threshold_provenance_versions_and_checksums(exports):
-  root, out, _, _, manifest = exports
+  _, out, model, _, manifest = exports
   saved = json.loads((out / 'dynamic' / exported.MANIFEST).read_text())
   assert saved == json.loads(json.dumps(manifest))
   assert saved['input']['shape'] == [None, 64, 64, 3] and saved['input']['dtype'] == 'uint8'
-  thr = json.loads((root / 'w' / 'threshold.json').read_text())
-  assert saved['threshold']['value'] == thr['threshold'] and saved['threshold']['quantile'] == 1.0
+  chosen = model.validation_threshold(save=False)  # the same choice as gcad_jax.predict's
+  assert saved['threshold']['value'] == chosen['threshold'] and saved['threshold']['quantile'] == 1.0
   assert saved['scales'] == [17] and saved['score']['fusion'] == 'sum'
   assert saved['config']['dataset']['category'] == 'synthetic_grid'
   assert saved['provenance']['checkpoint_steps'] == {'17': 1} and saved['provenance']['training']['seed'] == 0
@@ -90,11 +95,10 @@ def test_manifest_holds_spec_threshold_provenance_versions_and_checksums(exports
     assert exported.sha256(out / 'dynamic' / name) == digest
 
 
-def test_fixed_batch_and_other_input_size_in_process(exports, tmp_path):
+def test_fixed_batch_and_other_input_size_in_process(exports):
   """--batch 3 (padded and split) and a 64×96 input (the fixture images' own size), stablehlo."""
-  root, _, model, _, _ = exports
-  export.export(root / 'w', tmp_path / 'b3', image_size=(64, 96), batch=3, model=model)
-  loaded = gcad_jax.load_exported(tmp_path / 'b3')
+  root, out, model, _, _ = exports
+  loaded = gcad_jax.load_exported(out / 'b3')
   assert loaded.batch == 3 and loaded.image_size == (64, 96)
   images = [exported.read_image(p) for p in sorted((root / 'images').iterdir())]
   maps, scores = model.score(images)
@@ -107,7 +111,6 @@ def test_fixed_batch_and_other_input_size_in_process(exports, tmp_path):
 
 def test_altered_files_and_other_versions_are_refused(exports, tmp_path):
   _, out, _, _, _ = exports
-  import shutil  # pylint: disable=g-import-not-at-top
   folder = tmp_path / 'copy'
   shutil.copytree(out / 'dynamic', folder)
   data = bytearray((folder / 'model.stablehlo').read_bytes())
@@ -133,3 +136,33 @@ def test_bad_arguments_are_clear_errors(trained, tmp_path, capsys):
   assert 'give H,W' in capsys.readouterr().err
   assert export.main(['--workdir', str(tmp_path), '--out', str(tmp_path / 'e')]) == 2
   assert 'config.json is missing' in capsys.readouterr().err
+
+
+def _rows(path):
+  with path.open() as f:
+    return {r['image']: r for r in csv.DictReader(f)}
+
+
+def test_predict_exported_writes_what_predict_workdir_writes(exports, tmp_path, capsys):
+  root, out, _, _, _ = exports
+  images = tmp_path / 'images'
+  shutil.copytree(root / 'images', images)
+  Image.new('RGB', (50, 40)).save(images / 'small.png')  # another size than the export's 64×96
+  args = ['--images', str(images), '--out']
+  threshold = json.loads((out / 'b3' / exported.MANIFEST).read_text())['threshold']['value']
+  # The export's threshold, given: the shared workdir is left without a threshold.json.
+  assert predict.main(['--workdir', str(root / 'w'), *args, str(tmp_path / 'w'), f'--threshold={threshold!r}']) == 0
+  assert predict.main(['--exported', str(out / 'b3'), *args, str(tmp_path / 'e')]) == 1
+  err = capsys.readouterr().err
+  assert 'small.png: image is 40x50 (HxW); the stablehlo export takes 64x96' in err and '1 of 5 images' in err
+  want, got = _rows(tmp_path / 'w' / 'scores.csv'), _rows(tmp_path / 'e' / 'scores.csv')
+  assert sorted(got) == sorted(want) and 'export again with --image_size 40,50' in got['small.png']['error']
+  for name in sorted(p.name for p in (root / 'images').iterdir()):
+    assert got[name]['error'] == '' and got[name]['anomalous'] == want[name]['anomalous']
+    assert float(got[name]['score']) == pytest.approx(float(want[name]['score']), abs=1e-4)
+    assert float(got[name]['threshold']) == pytest.approx(float(want[name]['threshold']), rel=1e-6)
+    stem = name[:-4]
+    diff = tifffile.imread(tmp_path / 'e' / 'maps' / f'{stem}.tiff') - tifffile.imread(tmp_path / 'w' / 'maps' / f'{stem}.tiff')
+    assert np.abs(diff).max() <= 1e-4 and (tmp_path / 'e' / 'overlays' / f'{stem}.png').is_file()
+  assert predict.main(['--exported', str(out / 'b3'), *args, str(tmp_path / 'x'), '--threshold', '1']) == 2
+  assert 'an export carries its threshold' in capsys.readouterr().err
