@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from gcad_jax import atomic_io
+from gcad_jax import atomic_io, onnx_lowering
 
 STABLEHLO_FILE = 'model.stablehlo'
 ONNX_FILE = 'model.onnx'
@@ -22,8 +22,7 @@ SAVED_MODEL_DIR = 'saved_model'
 SIGNATURE = 'serving_default'
 
 
-class FormatError(ValueError):
-  """The model holds a layer or primitive that a format cannot express."""
+FormatError = onnx_lowering.FormatError
 
 
 def input_spec(size: Sequence[int], batch: int | None) -> jax.ShapeDtypeStruct:
@@ -62,5 +61,17 @@ def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path) 
           'runtime': 'tensorflow (tf.saved_model.load; TF Serving); one XlaCallModule op, so no TFLite'}
 
 
+def write_onnx(fn: Callable, size, batch: int | None, out: pathlib.Path) -> dict:
+  """An ONNX model (opset 18) written by gcad_jax/onnx_lowering.py: runs in ONNX Runtime without JAX.
+
+  Fixed batch (default 1): the lowering traces the function at one shape.
+  """
+  batch = 1 if batch is None else int(batch)
+  model = onnx_lowering.to_onnx(fn, input_spec(size, batch))
+  atomic_io.write_bytes(out / ONNX_FILE, model.SerializeToString())
+  return {'files': [ONNX_FILE], 'batch': batch, 'opset': onnx_lowering.OPSET,
+          'runtime': 'onnxruntime (CPUExecutionProvider); no JAX; examples/onnx_predict.py'}
+
+
 PATHS = {'stablehlo': STABLEHLO_FILE, 'onnx': ONNX_FILE, 'saved_model': SAVED_MODEL_DIR}
-WRITERS = {'stablehlo': write_stablehlo, 'saved_model': write_saved_model}
+WRITERS = {'stablehlo': write_stablehlo, 'onnx': write_onnx, 'saved_model': write_saved_model}

@@ -23,7 +23,7 @@ import gcad_jax
 from gcad_jax import export, exported, predict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-FORMATS = ('stablehlo', 'saved_model')
+FORMATS = ('stablehlo', 'onnx', 'saved_model')
 # Runs in a fresh process: loads one format and scores the saved images; fails if the loader pulled in the
 # training stack (flax, TFDS, gcad_jax.train) or, for stablehlo, TensorFlow.
 _SCORE = """
@@ -50,7 +50,7 @@ def exports(trained, tmp_path_factory):
   root, _ = trained
   out = tmp_path_factory.mktemp('export')
   model = gcad_jax.load(root / 'w')
-  dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)
+  dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)  # onnx: batch 1
   export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model)  # the images' own size
   images = _crops(root)
   np.save(out / 'images.npy', images)
@@ -91,6 +91,7 @@ def test_manifest_holds_spec_threshold_provenance_versions_and_checksums(exports
   assert saved['provenance']['checkpoint_steps'] == {'17': 1} and saved['provenance']['training']['seed'] == 0
   assert {'jax', 'gcad_jax', 'numpy'} <= set(saved['packages'])
   assert set(saved['formats']) == set(FORMATS) and saved['formats']['stablehlo']['batch'] == 'dynamic'
+  assert saved['formats']['saved_model']['batch'] == 'dynamic' and saved['formats']['onnx']['batch'] == 1
   for name, digest in saved['files'].items():
     assert exported.sha256(out / 'dynamic' / name) == digest
 
@@ -166,3 +167,35 @@ def test_predict_exported_writes_what_predict_workdir_writes(exports, tmp_path, 
     assert np.abs(diff).max() <= 1e-4 and (tmp_path / 'e' / 'overlays' / f'{stem}.png').is_file()
   assert predict.main(['--exported', str(out / 'b3'), *args, str(tmp_path / 'x'), '--threshold', '1']) == 2
   assert 'an export carries its threshold' in capsys.readouterr().err
+
+
+def test_onnx_example_scores_a_folder_without_jax(exports, tmp_path):
+  """examples/onnx_predict.py in a fresh process where jax, flax and tensorflow cannot be imported."""
+  _, out, model, images, manifest = exports
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(folder / f'{i}.png')
+  env = dict(os.environ, GCAD_TEST_HIDE='jax,jaxlib,flax,gcad_jax')
+  result = subprocess.run([sys.executable, str(ROOT / 'tests' / 'without_tensorflow.py'),
+                           str(ROOT / 'examples' / 'onnx_predict.py'), str(out / 'dynamic'), str(folder)],
+                          env=env, capture_output=True, text=True, timeout=120, check=True)
+  lines = result.stdout.strip().splitlines()
+  assert lines[0] == 'image,score,anomalous' and len(lines) == 5
+  _, scores = model.score(images)
+  for line, score in zip(lines[1:], scores):
+    _, got, flag = line.split(',')
+    assert float(got) == pytest.approx(score, abs=1e-4) and int(flag) == int(score > manifest['threshold']['value'])
+
+
+def test_a_primitive_without_onnx_rule_is_an_error_naming_it_and_its_layer():
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gcad_jax import onnx_lowering  # pylint: disable=g-import-not-at-top
+
+  def fn(x):
+    with jax.named_scope('e_glo/Conv_0'):
+      return {'maps': jnp.cumsum(x.astype(jnp.float32), axis=1)}
+
+  with pytest.raises(onnx_lowering.FormatError, match=r'onnx: cannot export the primitive cumsum .* layer e_glo/Conv_0'):
+    onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct((1, 4, 4, 3), jnp.uint8))
