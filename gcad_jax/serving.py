@@ -37,12 +37,16 @@ def serving_function(model, image_size: Sequence[int], threshold: float) -> Call
   """fn(images uint8 (N, H, W, 3) at `image_size`) → {'maps' (N, H, W) float32, 'scores' (N,) float32,
   'flags' (N,) bool = score > threshold, 'threshold' () float32} for the model of `predict.load`."""
   config = model.config
-  net_size = tuple(int(s) for s in config.dataset.image_size)
+  return build(host_weights(model), net_size=config.dataset.image_size, image_size=image_size,
+               threshold=threshold, resize_method=config.dataset.resize_method,
+               fusion=config.score.get('fusion', 'sum'), squared=bool(config.score.squared))
+
+
+def build(scales: dict, *, net_size: Sequence[int], image_size: Sequence[int], threshold: float,
+          resize_method: str = 'bilinear_antialias', fusion: str = 'sum', squared: bool = False) -> Callable:
+  """The serving function of `scales` = {p: (nets, weights, float32 μ/σ per branch)} (`host_weights`)."""
+  net_size = tuple(int(s) for s in net_size)
   size = tuple(int(s) for s in image_size)
-  method = config.dataset.resize_method
-  fusion = config.score.get('fusion', 'sum')
-  squared = bool(config.score.squared)
-  scales = host_weights(model)
   threshold32 = np.float32(threshold)
 
   def standardise(a, s):
@@ -52,7 +56,7 @@ def serving_function(model, image_size: Sequence[int], threshold: float) -> Call
     if images.ndim != 4 or tuple(images.shape[1:]) != (*size, 3) or images.dtype != jnp.uint8:
       raise ValueError(f'the serving function takes uint8 (N, {size[0]}, {size[1]}, 3) images; got '
                        f'{images.dtype} {images.shape}')
-    small = input_pipeline.resize(images, net_size, method)
+    small = input_pipeline.resize(images, net_size, resize_method)
     small = jnp.clip(jnp.round(small), 0, 255)  # the uint8 round trip of input_pipeline.resize_uint8
     x = input_pipeline.normalize(small / 255.0)
     per_scale = []
