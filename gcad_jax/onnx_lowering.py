@@ -133,6 +133,23 @@ def _reduce_window(g: _Graph, eqn, kind: str) -> str:
   return _from_nchw(g, y, spec)
 
 
+def _generic_reduce_window(g: _Graph, eqn, ins, outer: str) -> str:
+  """reduce_window of one operand whose computation is max with init −∞ (a max-pool) or add with init 0."""
+  computation = eqn.params['jaxpr']
+  body = [e.primitive.name for e in getattr(computation, 'jaxpr', computation).eqns]
+  init = ins[1] if len(ins) == 2 else None
+  kinds = {('max', -np.inf): 'max', ('add', 0.0): 'sum'}
+  kind = None
+  if len(body) == 1 and isinstance(init, np.ndarray) and init.size == 1:
+    kind = kinds.get((body[0], float(init)))
+  if kind is None:
+    raise _error(eqn, f'computation {body} with init {init}: only max from -inf or add from 0', outer)
+  try:
+    return _reduce_window(g, eqn, kind)
+  except _Unsupported as e:
+    raise _error(eqn, str(e), outer) from None
+
+
 def _dot_general(g: _Graph, eqn) -> str:
   (lc, rc), (lb, rb) = eqn.params['dimension_numbers']
   a, b = eqn.invars[0].aval.ndim, eqn.invars[1].aval.ndim
@@ -258,6 +275,9 @@ def _lower(g: _Graph, jaxpr, outer: str = '') -> None:
       _lower(g, sub, _scope(eqn, outer))
       for var, inner_var in zip(eqn.outvars, sub.outvars):
         g.env[var] = g.read(inner_var)
+      continue
+    if eqn.primitive.name == 'reduce_window':  # lax.reduce_window with a traced init value
+      g.env[eqn.outvars[0]] = _generic_reduce_window(g, eqn, ins, outer)
       continue
     if eqn.primitive.multiple_results:
       raise _error(eqn, 'several outputs', outer)

@@ -199,3 +199,20 @@ def test_a_primitive_without_onnx_rule_is_an_error_naming_it_and_its_layer():
 
   with pytest.raises(onnx_lowering.FormatError, match=r'onnx: cannot export the primitive cumsum .* layer e_glo/Conv_0'):
     onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct((1, 4, 4, 3), jnp.uint8))
+
+
+def test_onnx_lowering_of_a_p33_model_equals_jax_in_onnxruntime():
+  """p = 33: E_loc's dense max-pools (lax.reduce_window from −∞) become MaxPool; all of §8 within 1e-4."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import onnxruntime  # pylint: disable=g-import-not-at-top
+  from gcad_jax import bench, onnx_lowering, serve_bench  # pylint: disable=g-import-not-at-top
+  config, _ = bench.preset_config('tiny', **{'model.scales': (33,)})
+  fn = serve_bench.serving_fn(config, 33)
+  images = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
+  model = onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct(images.shape, jnp.uint8))
+  session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+  maps, scores = session.run(['maps', 'scores'], {'images': images})
+  want = jax.jit(fn)(images)
+  assert np.abs(maps - np.asarray(want['maps'])).max() <= 1e-4
+  np.testing.assert_allclose(scores, want['scores'], atol=1e-4)
