@@ -1,7 +1,7 @@
 """Exports a trained workdir as one serving artefact with §8 scoring and the threshold inside (docs/deploy.md).
 
   python -m gcad_jax.export --workdir W --out DIR [--image_size H,W] [--batch N] \
-      [--formats stablehlo,onnx,saved_model] [--threshold auto|validation|NUMBER]
+      [--formats stablehlo,onnx,saved_model] [--threshold auto|validation|NUMBER] [--platforms cpu,cuda]
 
 DIR gets one file (or folder) per format and DIR/manifest.json: the input spec, the threshold and how it was
 chosen, the scales, the config, the workdir's training provenance, the package versions and the SHA-256 of every
@@ -66,7 +66,7 @@ def _parse_size(text: str | None, default) -> tuple[int, int]:
 
 def export(workdir, out, *, image_size: Sequence[int] | None = None, batch: int | None = None,
            formats: Sequence[str] = ('stablehlo',), threshold: str = 'auto', threshold_quantile: float = 1.0,
-           model=None) -> dict:
+           platforms: Sequence[str] = ('cpu',), model=None) -> dict:
   """Writes the formats and DIR/manifest.json; returns the manifest. `model`: an already loaded `predict.Model`."""
   import jax  # pylint: disable=g-import-not-at-top
   from gcad_jax import export_formats, parallel, predict, serving  # pylint: disable=g-import-not-at-top
@@ -101,7 +101,7 @@ def export(workdir, out, *, image_size: Sequence[int] | None = None, batch: int 
     if old.is_dir():
       shutil.rmtree(old)
     old.unlink(missing_ok=True)
-    entries[name] = export_formats.WRITERS[name](fn, size, batch, out)
+    entries[name] = export_formats.WRITERS[name](fn, size, batch, out, platforms=platforms)
   config = model.config
   manifest = {
       'format_version': exported_lib.FORMAT_VERSION,
@@ -139,12 +139,15 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--formats', default='stablehlo', help=f'comma-separated, of {",".join(FORMATS)}')
   parser.add_argument('--threshold', default='auto', help='as in gcad_jax.predict: auto, validation or a number')
   parser.add_argument('--threshold_quantile', type=float, default=1.0)
+  parser.add_argument('--platforms', default='cpu', help='stablehlo and saved_model: the platforms the artefact '
+                      'runs on, comma-separated, of cpu, cuda, tpu (all lowered on this machine)')
   args = parser.parse_args(argv)
   try:
     size = _parse_size(args.image_size, (0, 0)) if args.image_size else None
     manifest = export(args.workdir, args.out, image_size=size, batch=args.batch,
                       formats=[f for f in args.formats.split(',') if f], threshold=args.threshold,
-                      threshold_quantile=args.threshold_quantile)
+                      threshold_quantile=args.threshold_quantile,
+                      platforms=[p for p in args.platforms.split(',') if p])
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2

@@ -31,16 +31,19 @@ def input_spec(size: Sequence[int], batch: int | None) -> jax.ShapeDtypeStruct:
   return jax.ShapeDtypeStruct((n, int(size[0]), int(size[1]), 3), jnp.uint8)
 
 
-def write_stablehlo(fn: Callable, size, batch: int | None, out: pathlib.Path) -> dict:
-  """`jax.export` of the jitted function, serialised: runs with jax alone (`gcad_jax.load_exported`)."""
-  exported = jax.export.export(jax.jit(fn), platforms=('cpu',))(input_spec(size, batch))
+def write_stablehlo(fn: Callable, size, batch: int | None, out: pathlib.Path,
+                    platforms: Sequence[str] = ('cpu',)) -> dict:
+  """`jax.export` of the jitted function for `platforms`, serialised: runs with jax alone
+  (`gcad_jax.load_exported`) on any of them."""
+  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(input_spec(size, batch))
   atomic_io.write_bytes(out / STABLEHLO_FILE, bytes(exported.serialize()))
   return {'files': [STABLEHLO_FILE], 'batch': 'dynamic' if batch is None else int(batch),
           'platforms': list(exported.platforms), 'calling_convention_version': exported.calling_convention_version,
           'runtime': 'jax (jax.export.deserialize; no flax, TFDS or gcad_jax training code)'}
 
 
-def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path) -> dict:
+def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path,
+                      platforms: Sequence[str] = ('cpu',)) -> dict:
   """A TF SavedModel (jax2tf) with the `serving_default` signature images → maps, scores, flags, threshold.
 
   The graph holds one XlaCallModule op (jax2tf's native serialisation): it runs in TensorFlow and TF Serving;
@@ -50,7 +53,7 @@ def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path) 
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   shape = (None if batch is None else int(batch), int(size[0]), int(size[1]), 3)
   converted = jax2tf.convert(fn, polymorphic_shapes=['(b, ...)' if batch is None else None],
-                             native_serialization_platforms=('cpu',), with_gradient=False)
+                             native_serialization_platforms=tuple(platforms), with_gradient=False)
   module = tf.Module()
   module.serve = tf.function(lambda images: converted(images), autograph=False,
                              input_signature=[tf.TensorSpec(shape, tf.uint8, name='images')])
@@ -58,14 +61,16 @@ def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path) 
   tf.saved_model.save(module, str(path), signatures={SIGNATURE: module.serve})
   files = sorted(str(p.relative_to(out)) for p in path.rglob('*') if p.is_file())
   return {'files': files, 'batch': 'dynamic' if batch is None else int(batch), 'signature': SIGNATURE,
+          'platforms': list(platforms),
           'runtime': 'tensorflow (tf.saved_model.load; TF Serving); one XlaCallModule op, so no TFLite'}
 
 
-def write_onnx(fn: Callable, size, batch: int | None, out: pathlib.Path) -> dict:
+def write_onnx(fn: Callable, size, batch: int | None, out: pathlib.Path, platforms: Sequence[str] = ()) -> dict:
   """An ONNX model (opset 18) written by gcad_jax/onnx_lowering.py: runs in ONNX Runtime without JAX.
 
   Fixed batch (default 1): the lowering traces the function at one shape.
   """
+  del platforms  # ONNX Runtime picks its execution provider
   batch = 1 if batch is None else int(batch)
   model = onnx_lowering.to_onnx(fn, input_spec(size, batch))
   atomic_io.write_bytes(out / ONNX_FILE, model.SerializeToString())

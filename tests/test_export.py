@@ -51,7 +51,8 @@ def exports(trained, tmp_path_factory):
   out = tmp_path_factory.mktemp('export')
   model = gcad_jax.load(root / 'w')
   dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)  # onnx: batch 1
-  export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model)  # the images' own size
+  export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model,  # the images' own size
+                platforms=('cpu', 'cuda'))  # lowered for a GPU too; runs here on the CPU
   images = _crops(root)
   np.save(out / 'images.npy', images)
   return root, out, model, images, dynamic
@@ -101,6 +102,7 @@ def test_fixed_batch_and_other_input_size_in_process(exports):
   root, out, model, _, _ = exports
   loaded = gcad_jax.load_exported(out / 'b3')
   assert loaded.batch == 3 and loaded.image_size == (64, 96)
+  assert loaded.manifest['formats']['stablehlo']['platforms'] == ['cpu', 'cuda']
   images = [exported.read_image(p) for p in sorted((root / 'images').iterdir())]
   maps, scores = model.score(images)
   got_maps, got_scores = loaded.score(images)  # 4 images: a batch of 3 and a padded one
