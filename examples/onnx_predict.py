@@ -9,7 +9,8 @@ from PIL import Image
 export, folder = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
 manifest = json.loads((export / 'manifest.json').read_text())
 height, width = manifest['input']['image_size']
-batch = manifest['formats']['onnx']['batch']  # a fixed batch: one image, repeated
+batch = manifest['formats']['onnx']['batch']
+batch = 1 if batch == 'dynamic' else batch  # a fixed batch (--batch N): one image, repeated
 session = onnxruntime.InferenceSession(str(export / 'model.onnx'), providers=['CPUExecutionProvider'])
 print('image,score,anomalous')
 for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp')):

@@ -7,8 +7,8 @@ DIR gets one file (or folder) per format and DIR/manifest.json: the input spec, 
 chosen, the scales, the config, the workdir's training provenance, the package versions and the SHA-256 of every
 file. The exported function takes uint8 (N, H, W, 3) RGB images at the export size (--image_size, default the
 network size config.dataset.image_size) and returns maps (N, H, W) float32, scores (N,) float32 = map maxima,
-flags (N,) bool = score > threshold, and the threshold. --batch N fixes N; without it the batch is dynamic in
-the formats that allow one (stablehlo, saved_model) and 1 in onnx. Load it with `gcad_jax.load_exported(DIR)`
+flags (N,) bool = score > threshold, and the threshold. --batch N fixes N; without it the batch is dynamic (in
+all three formats). Load it with `gcad_jax.load_exported(DIR)`
 or `python -m gcad_jax.predict --exported DIR`.
 """
 

@@ -68,13 +68,12 @@ def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path,
 def write_onnx(fn: Callable, size, batch: int | None, out: pathlib.Path, platforms: Sequence[str] = ()) -> dict:
   """An ONNX model (opset 18) written by gcad_jax/onnx_lowering.py: runs in ONNX Runtime without JAX.
 
-  Fixed batch (default 1): the lowering traces the function at one shape.
+  Without a batch the input's batch dimension is dynamic (the lowering traces at two batch sizes).
   """
   del platforms  # ONNX Runtime picks its execution provider
-  batch = 1 if batch is None else int(batch)
-  model = onnx_lowering.to_onnx(fn, input_spec(size, batch))
+  model = onnx_lowering.to_onnx(fn, input_spec(size, batch or 1), dynamic_batch=batch is None)
   atomic_io.write_bytes(out / ONNX_FILE, model.SerializeToString())
-  return {'files': [ONNX_FILE], 'batch': batch, 'opset': onnx_lowering.OPSET,
+  return {'files': [ONNX_FILE], 'batch': 'dynamic' if batch is None else int(batch), 'opset': onnx_lowering.OPSET,
           'runtime': 'onnxruntime (CPUExecutionProvider); no JAX; examples/onnx_predict.py'}
 
 

@@ -29,6 +29,9 @@ class _Graph:
     from onnx import helper, numpy_helper  # pylint: disable=g-import-not-at-top
     self.helper, self.numpy_helper = helper, numpy_helper
     self.nodes, self.inits, self.env, self.count = [], [], {}, 0
+    # A dynamic batch: the function traced at two batch sizes, every variable of the first trace paired with
+    # the second's; a dimension d(B) = a·B + c becomes a runtime shape from the input's batch.
+    self.batches, self.pair, self.eqn_b, self.batch = None, {}, None, None
 
   def fresh(self, hint: str = 't') -> str:
     self.count += 1
@@ -53,6 +56,35 @@ class _Graph:
   def name(self, var) -> str:
     value = self.read(var)
     return self.const(value) if isinstance(value, np.ndarray) else value
+
+  def linear(self, a_values, b_values) -> list[tuple[int, int]]:
+    """(a, c) per entry, with value = a·batch + c, from the entries at the two traced batch sizes."""
+    if self.batches is None:
+      return [(0, int(v)) for v in a_values]
+    (ba, bb), out = self.batches, []
+    for va, vb in zip(a_values, b_values):
+      a, rest = divmod(int(vb) - int(va), bb - ba)
+      if rest:
+        raise _Unsupported(f'a size {va}, {vb} at batch {ba}, {bb} that is not linear in the batch')
+      out.append((a, int(va) - a * ba))
+    return out
+
+  def dims(self, var) -> list[tuple[int, int]]:
+    shape = var.aval.shape
+    return self.linear(shape, self.pair[var].aval.shape if self.batches and var in self.pair else shape)
+
+  def shape(self, dims: list[tuple[int, int]]) -> str:
+    """An int64 shape tensor: a constant, or built from the input's batch where a size depends on it."""
+    if all(a == 0 for a, _ in dims):
+      return self.const(np.asarray([c for _, c in dims], np.int64))
+    parts = []
+    for a, c in dims:
+      if a == 0:
+        parts.append(self.const(np.asarray([c], np.int64)))
+        continue
+      part = self.batch if a == 1 else self.node('Mul', [self.batch, self.const(np.asarray([a], np.int64))])
+      parts.append(part if c == 0 else self.node('Add', [part, self.const(np.asarray([c], np.int64))]))
+    return self.node('Concat', parts, axis=0)
 
 
 def _scope(eqn, outer: str = '') -> str:
@@ -208,21 +240,24 @@ def _rule(g: _Graph, eqn, ins) -> str:
   if prim in ('reshape', 'squeeze', 'expand_dims'):
     if prim == 'reshape' and p.get('dimensions') is not None:
       raise _Unsupported('reshape with a dimension order')
-    return g.node('Reshape', [names()[0], _shape(g, out_aval.shape)])
+    return g.node('Reshape', [names()[0], g.shape(g.dims(eqn.outvars[0]))])
   if prim == 'broadcast_in_dim':
-    shape = list(out_aval.shape)
-    ones = [1] * len(shape)
-    for i, d in zip(range(eqn.invars[0].aval.ndim), p['broadcast_dimensions']):
-      ones[d] = eqn.invars[0].aval.shape[i]
-    x = g.node('Reshape', [names()[0], _shape(g, ones)])
-    return g.node('Expand', [x, _shape(g, shape)])
+    shape = g.dims(eqn.outvars[0])
+    ones = [(0, 1)] * len(shape)
+    for d, dim in zip(p['broadcast_dimensions'], g.dims(eqn.invars[0]) if not hasattr(eqn.invars[0], 'val')
+                      else [(0, s) for s in eqn.invars[0].aval.shape]):
+      ones[d] = dim
+    x = g.node('Reshape', [names()[0], g.shape(ones)])
+    return g.node('Expand', [x, g.shape(shape)])
   if prim == 'transpose':
     return g.node('Transpose', names(), perm=[int(d) for d in p['permutation']])
   if prim == 'slice':
     rank = len(p['start_indices'])
     steps = p['strides'] or (1,) * rank
-    return g.node('Slice', [names()[0], _shape(g, p['start_indices']), _shape(g, p['limit_indices']),
-                            _shape(g, range(rank)), _shape(g, steps)])
+    pb = g.eqn_b.params if g.eqn_b is not None else p
+    starts = g.shape(g.linear(p['start_indices'], pb['start_indices']))
+    limits = g.shape(g.linear(p['limit_indices'], pb['limit_indices']))
+    return g.node('Slice', [names()[0], starts, limits, _shape(g, range(rank)), _shape(g, steps)])
   if prim == 'rev':
     dims = list(p['dimensions'])
     return g.node('Slice', [names()[0], _shape(g, [-1] * len(dims)), _shape(g, [-2 ** 62] * len(dims)),
@@ -231,6 +266,8 @@ def _rule(g: _Graph, eqn, ins) -> str:
     cfg = p['padding_config']
     if any(int(i) != 0 for _, _, i in cfg) or min(min(int(lo), int(hi)) for lo, hi, _ in cfg) < 0:
       raise _Unsupported('interior or negative padding')
+    if g.eqn_b is not None and g.eqn_b.params['padding_config'] != cfg:
+      raise _Unsupported('padding that depends on the batch')
     x, value = names()
     pads = [int(lo) for lo, _, _ in cfg] + [int(hi) for _, hi, _ in cfg]
     return g.node('Pad', [x, _shape(g, pads), value], mode='constant')
@@ -257,55 +294,110 @@ def _evaluate(eqn, values):
   return [np.asarray(o) for o in (out if eqn.primitive.multiple_results else [out])]
 
 
-def _lower(g: _Graph, jaxpr, outer: str = '') -> None:
-  for eqn in jaxpr.eqns:
+def _fold(g: _Graph, eqn, eqn_b, ins, outer: str) -> None:
+  """Constant folding; with two traces, a constant whose shape depends on the batch is refused."""
+  outs = _evaluate(eqn, ins)
+  for var, value in zip(eqn.outvars, outs):
+    g.env[var] = value
+  if eqn_b is None:
+    return
+  ins_b = [g.read(v) for v in eqn_b.invars]
+  outs_b = _evaluate(eqn_b, ins_b) if all(isinstance(v, np.ndarray) for v in ins_b) else None
+  if outs_b is None or [o.shape for o in outs_b] != [o.shape for o in outs]:
+    raise _error(eqn, 'a constant whose shape depends on the batch; export with --batch N', outer)
+  for var, value in zip(eqn_b.outvars, outs_b):
+    g.env[var] = value
+
+
+def _lower(g: _Graph, jaxpr, outer: str = '', jaxpr_b=None) -> None:
+  """Writes the equations of `jaxpr` (and pairs them with `jaxpr_b`'s, the same function at another batch)."""
+  eqns_b = list(jaxpr_b.eqns) if jaxpr_b is not None else [None] * len(jaxpr.eqns)
+  if len(eqns_b) != len(jaxpr.eqns):
+    raise FormatError(f'onnx: the function traces to different programs at two batch sizes ({outer or "top"}); '
+                      'export with --batch N')
+  for eqn, eqn_b in zip(jaxpr.eqns, eqns_b):
+    if eqn_b is not None and eqn_b.primitive is not eqn.primitive:
+      raise _error(eqn, 'the function traces differently at two batch sizes; export with --batch N', outer)
     ins = [g.read(v) for v in eqn.invars]
     if all(isinstance(v, np.ndarray) for v in ins):
-      for var, value in zip(eqn.outvars, _evaluate(eqn, ins)):
-        g.env[var] = value
+      _fold(g, eqn, eqn_b, ins, outer)
       continue
+    if eqn_b is not None:
+      g.pair.update(zip(eqn.outvars, eqn_b.outvars))
     inner = _INLINE.get(eqn.primitive.name)
     if inner is not None:
-      closed = eqn.params[inner]
-      sub = closed.jaxpr if hasattr(closed, 'jaxpr') else closed
-      for var, value in zip(sub.constvars, getattr(closed, 'consts', ())):
-        g.env[var] = np.asarray(value)
-      for var, value in zip(sub.invars, ins):
-        g.env[var] = value
-      _lower(g, sub, _scope(eqn, outer))
-      for var, inner_var in zip(eqn.outvars, sub.outvars):
-        g.env[var] = g.read(inner_var)
+      traces = [(eqn, eqn.params[inner], ins)]
+      if eqn_b is not None:
+        traces.append((eqn_b, eqn_b.params[inner], [g.read(v) for v in eqn_b.invars]))
+      subs = []
+      for _, closed, values in traces:
+        sub = closed.jaxpr if hasattr(closed, 'jaxpr') else closed
+        for var, value in zip(sub.constvars, getattr(closed, 'consts', ())):
+          g.env[var] = np.asarray(value)
+        for var, value in zip(sub.invars, values):
+          g.env[var] = value
+        subs.append(sub)
+      if eqn_b is not None:
+        g.pair.update(zip(subs[0].invars, subs[1].invars))
+      _lower(g, subs[0], _scope(eqn, outer), subs[1] if eqn_b is not None else None)
+      for (e, _, _), sub in zip(traces, subs):
+        for var, inner_var in zip(e.outvars, sub.outvars):
+          g.env[var] = g.read(inner_var)
       continue
+    g.eqn_b = eqn_b
     if eqn.primitive.name == 'reduce_window':  # lax.reduce_window with a traced init value
-      g.env[eqn.outvars[0]] = _generic_reduce_window(g, eqn, ins, outer)
-      continue
-    if eqn.primitive.multiple_results:
+      out = _generic_reduce_window(g, eqn, ins, outer)
+    elif eqn.primitive.multiple_results:
       raise _error(eqn, 'several outputs', outer)
-    try:
-      g.env[eqn.outvars[0]] = _rule(g, eqn, ins)
-    except _Unsupported as e:
-      raise _error(eqn, str(e), outer) from None
+    else:
+      try:
+        out = _rule(g, eqn, ins)
+      except _Unsupported as e:
+        raise _error(eqn, str(e), outer) from None
+    g.env[eqn.outvars[0]] = out
+    if eqn_b is not None:
+      g.env[eqn_b.outvars[0]] = out
 
 
-def to_onnx(fn: Callable, spec: jax.ShapeDtypeStruct, input_name: str = 'images'):
-  """The ONNX model of `fn(x)` for inputs of `spec` (fixed shape); its outputs are named by `fn`'s dict keys."""
+def to_onnx(fn: Callable, spec: jax.ShapeDtypeStruct, input_name: str = 'images', dynamic_batch: bool = False):
+  """The ONNX model of `fn(x)` for inputs of `spec`; its outputs are named by `fn`'s dict keys.
+
+  `dynamic_batch`: the input's first dimension is left free ('batch'): the function is traced at batch 2 and
+  3, and every size that differs between the two traces is computed from the input's batch at run time.
+  """
   import onnx  # pylint: disable=g-import-not-at-top
   from onnx import helper  # pylint: disable=g-import-not-at-top
-  closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)(spec)
-  keys = sorted(out_shapes)  # jax flattens a dict by its sorted keys
   g = _Graph()
-  for var, value in zip(closed.jaxpr.constvars, closed.consts):
-    g.env[var] = np.asarray(value)
-  g.env[closed.jaxpr.invars[0]] = input_name
-  _lower(g, closed.jaxpr)
+  batches = (2, 3) if dynamic_batch else (spec.shape[0],)
+  traces = [jax.make_jaxpr(fn, return_shape=True)(jax.ShapeDtypeStruct((b, *spec.shape[1:]), spec.dtype))
+            for b in batches]
+  (closed, out_shapes), jaxprs = traces[0], [t[0] for t in traces]
+  keys = sorted(out_shapes)  # jax flattens a dict by its sorted keys
+  for c in jaxprs:
+    for var, value in zip(c.jaxpr.constvars, c.consts):
+      g.env[var] = np.asarray(value)
+    g.env[c.jaxpr.invars[0]] = input_name
+  if dynamic_batch:
+    g.batches = batches
+    g.pair.update(zip(jaxprs[0].jaxpr.invars, jaxprs[1].jaxpr.invars))
+    g.batch = g.node('Slice', [g.node('Shape', [input_name]), g.const(np.asarray([0], np.int64)),
+                               g.const(np.asarray([1], np.int64))])
+  try:
+    _lower(g, closed.jaxpr, '', jaxprs[1].jaxpr if dynamic_batch else None)
+  except _Unsupported as e:
+    raise FormatError(f'onnx: {e}') from None
+  if dynamic_batch:
+    g.pair.update((a, b) for a, b in zip(closed.jaxpr.outvars, jaxprs[1].jaxpr.outvars) if not hasattr(a, 'val'))
   outputs = []
   for key, var in zip(keys, closed.jaxpr.outvars):
     g.nodes.append(helper.make_node('Identity', [g.name(var)], [key]))
-    aval = var.aval
-    outputs.append(helper.make_tensor_value_info(key, helper.np_dtype_to_tensor_dtype(np.dtype(aval.dtype)),
-                                                 list(aval.shape)))
+    dims = g.dims(var) if not hasattr(var, 'val') and var in g.pair else [(0, d) for d in var.aval.shape]
+    shape = ['batch' if (a, c) == (1, 0) else (None if a else c) for a, c in dims]
+    outputs.append(helper.make_tensor_value_info(key, helper.np_dtype_to_tensor_dtype(np.dtype(var.aval.dtype)),
+                                                 shape))
+  first = 'batch' if dynamic_batch else spec.shape[0]
   inputs = [helper.make_tensor_value_info(input_name, helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype)),
-                                          list(spec.shape))]
+                                          [first, *spec.shape[1:]])]
   graph = helper.make_graph(g.nodes, 'gcad_serving', inputs, outputs, initializer=g.inits)
   model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', OPSET)], producer_name='gcad_jax')
   model.ir_version = 8

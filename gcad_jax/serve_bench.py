@@ -103,9 +103,11 @@ def _onnx_runner(fn, mode: str, x: np.ndarray, iters: int) -> bench.Runner:
     from gcad_jax import onnx_lowering  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
     model = onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct(x.shape, jnp.uint8))
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
+    options = onnxruntime.SessionOptions()
+    options.enable_cpu_mem_arena = False  # freed after each run, as XLA's buffers are: no arena held between
+    session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=['CPUExecutionProvider'])
     info = {'export_s': time.perf_counter() - t0, 'onnxruntime': onnxruntime.__version__,
-            'threads': session.get_session_options().intra_op_num_threads}
+            'threads': session.get_session_options().intra_op_num_threads, 'memory_arena': False}
   except Exception as e:  # pylint: disable=broad-except (e.g. onnxruntime missing: recorded in the row)
     return bench.Runner('onnxruntime', mode, len(x), None, iters, {'error': repr(e)[:400]})
 

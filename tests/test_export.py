@@ -50,9 +50,9 @@ def exports(trained, tmp_path_factory):
   root, _ = trained
   out = tmp_path_factory.mktemp('export')
   model = gcad_jax.load(root / 'w')
-  dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)  # onnx: batch 1
-  export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model,  # the images' own size
-                platforms=('cpu', 'cuda'))  # lowered for a GPU too; runs here on the CPU
+  dynamic = export.export(root / 'w', out / 'dynamic', formats=FORMATS, model=model)
+  export.export(root / 'w', out / 'b3', image_size=(64, 96), batch=3, model=model, formats=('stablehlo', 'onnx'),
+                platforms=('cpu', 'cuda'))  # the images' own size; lowered for a GPU too, run here on the CPU
   images = _crops(root)
   np.save(out / 'images.npy', images)
   return root, out, model, images, dynamic
@@ -92,15 +92,16 @@ def test_manifest_holds_spec_threshold_provenance_versions_and_checksums(exports
   assert saved['provenance']['checkpoint_steps'] == {'17': 1} and saved['provenance']['training']['seed'] == 0
   assert {'jax', 'gcad_jax', 'numpy'} <= set(saved['packages'])
   assert set(saved['formats']) == set(FORMATS) and saved['formats']['stablehlo']['batch'] == 'dynamic'
-  assert saved['formats']['saved_model']['batch'] == 'dynamic' and saved['formats']['onnx']['batch'] == 1
+  assert saved['formats']['saved_model']['batch'] == saved['formats']['onnx']['batch'] == 'dynamic'
   for name, digest in saved['files'].items():
     assert exported.sha256(out / 'dynamic' / name) == digest
 
 
-def test_fixed_batch_and_other_input_size_in_process(exports):
-  """--batch 3 (padded and split) and a 64×96 input (the fixture images' own size), stablehlo."""
+@pytest.mark.parametrize('fmt', ('stablehlo', 'onnx'))
+def test_fixed_batch_and_other_input_size_in_process(exports, fmt):
+  """--batch 3 (padded and split) and a 64×96 input (the fixture images' own size)."""
   root, out, model, _, _ = exports
-  loaded = gcad_jax.load_exported(out / 'b3')
+  loaded = gcad_jax.load_exported(out / 'b3', fmt)
   assert loaded.batch == 3 and loaded.image_size == (64, 96)
   assert loaded.manifest['formats']['stablehlo']['platforms'] == ['cpu', 'cuda']
   images = [exported.read_image(p) for p in sorted((root / 'images').iterdir())]
@@ -204,15 +205,16 @@ def test_a_primitive_without_onnx_rule_is_an_error_naming_it_and_its_layer():
 
 
 def test_onnx_lowering_of_a_p33_model_equals_jax_in_onnxruntime():
-  """p = 33: E_loc's dense max-pools (lax.reduce_window from −∞) become MaxPool; all of §8 within 1e-4."""
+  """p = 33: E_loc's dense max-pools (lax.reduce_window from −∞) become MaxPool, and its space-to-batch
+  reshapes (4·batch) follow a dynamic batch; all of §8 within 1e-4."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import onnxruntime  # pylint: disable=g-import-not-at-top
   from gcad_jax import bench, onnx_lowering, serve_bench  # pylint: disable=g-import-not-at-top
   config, _ = bench.preset_config('tiny', **{'model.scales': (33,)})
   fn = serve_bench.serving_fn(config, 33)
-  images = np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8)
-  model = onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct(images.shape, jnp.uint8))
+  images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+  model = onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.uint8), dynamic_batch=True)
   session = onnxruntime.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
   maps, scores = session.run(['maps', 'scores'], {'images': images})
   want = jax.jit(fn)(images)
