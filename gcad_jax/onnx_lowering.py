@@ -1,6 +1,6 @@
 """A JAX function → an ONNX graph, primitive by primitive, for the serving function (docs/deploy.md, "onnx").
 
-The function is traced to a jaxpr at a fixed input shape. Every equation whose inputs are all constants (the
+The function is traced to a jaxpr at the input shape (at two batch sizes for a dynamic batch). Every equation whose inputs are all constants (the
 weights, the μ/σ, the resize kernels) is evaluated here and becomes an initializer; every other equation is
 written as ONNX operators (opset 18) that compute the same values. Only the primitives the GCAD serving function
 uses have rules; any other primitive, or a variant of one that ONNX has no operator for, raises `FormatError`
@@ -345,6 +345,8 @@ def _lower(g: _Graph, jaxpr, outer: str = '', jaxpr_b=None) -> None:
           g.env[var] = g.read(inner_var)
       continue
     g.eqn_b = eqn_b
+    if any(v.aval.dtype == jax.numpy.bfloat16 for v in eqn.outvars):
+      raise _error(eqn, 'bfloat16 compute (config.model.dtype): ONNX Runtime\'s CPU kernels take float32', outer)
     if eqn.primitive.name == 'reduce_window':  # lax.reduce_window with a traced init value
       out = _generic_reduce_window(g, eqn, ins, outer)
     elif eqn.primitive.multiple_results:

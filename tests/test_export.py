@@ -191,7 +191,7 @@ def test_onnx_example_scores_a_folder_without_jax(exports, tmp_path):
     assert float(got) == pytest.approx(score, abs=1e-4) and int(flag) == int(score > manifest['threshold']['value'])
 
 
-def test_a_primitive_without_onnx_rule_is_an_error_naming_it_and_its_layer():
+def test_a_primitive_or_dtype_without_onnx_form_is_an_error_naming_it_and_its_layer():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gcad_jax import onnx_lowering  # pylint: disable=g-import-not-at-top
@@ -202,6 +202,10 @@ def test_a_primitive_without_onnx_rule_is_an_error_naming_it_and_its_layer():
 
   with pytest.raises(onnx_lowering.FormatError, match=r'onnx: cannot export the primitive cumsum .* layer e_glo/Conv_0'):
     onnx_lowering.to_onnx(fn, jax.ShapeDtypeStruct((1, 4, 4, 3), jnp.uint8))
+  from gcad_jax import bench, serve_bench  # pylint: disable=g-import-not-at-top
+  config, _ = bench.preset_config('tiny', **{'model.dtype': 'bfloat16'})  # never a silently float32 model
+  with pytest.raises(onnx_lowering.FormatError, match=r'bfloat16 compute .* layer PatchTeacher/conv0'):
+    onnx_lowering.to_onnx(serve_bench.serving_fn(config, 17), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.uint8))
 
 
 def test_onnx_lowering_of_a_p33_model_equals_jax_in_onnxruntime():
