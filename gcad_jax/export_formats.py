@@ -8,6 +8,7 @@ the layer or primitive and the format; nothing is silently approximated.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Callable, Sequence
 
@@ -47,8 +48,18 @@ def write_saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path,
   """A TF SavedModel (jax2tf) with the `serving_default` signature images → maps, scores, flags, threshold.
 
   The graph holds one XlaCallModule op (jax2tf's native serialisation): it runs in TensorFlow and TF Serving;
-  TFLite and tf2onnx cannot convert that op.
+  TFLite and tf2onnx cannot convert that op. TensorFlow's saving sets absl's log level to WARNING for the
+  whole process; it is put back afterwards.
   """
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  try:
+    return _saved_model(fn, size, batch, out, platforms)
+  finally:
+    absl_logger.setLevel(level)
+
+
+def _saved_model(fn: Callable, size, batch: int | None, out: pathlib.Path, platforms: Sequence[str]) -> dict:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
   shape = (None if batch is None else int(batch), int(size[0]), int(size[1]), 3)

@@ -224,3 +224,17 @@ def test_onnx_lowering_of_a_p33_model_equals_jax_in_onnxruntime():
   want = jax.jit(fn)(images)
   assert np.abs(maps - np.asarray(want['maps'])).max() <= 1e-4
   np.testing.assert_allclose(scores, want['scores'], atol=1e-4)
+
+
+def test_saved_model_export_leaves_the_process_log_level_as_it_was(tmp_path):
+  """TensorFlow's saving sets absl's logger to WARNING; the export puts it back (other INFO logs went silent)."""
+  import logging  # pylint: disable=g-import-not-at-top
+  from gcad_jax import export_formats  # pylint: disable=g-import-not-at-top
+  absl_logger = logging.getLogger('absl')
+  before = absl_logger.level
+  absl_logger.setLevel(logging.INFO)
+  try:
+    export_formats.write_saved_model(lambda x: {'maps': x.astype(np.float32)}, (4, 4), 1, tmp_path)
+    assert absl_logger.level == logging.INFO
+  finally:
+    absl_logger.setLevel(before)
