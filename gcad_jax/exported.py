@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -152,8 +152,3 @@ def load_exported(folder, fmt: str | None = None) -> ExportedModel:
     raise ExportError(f'{folder} holds the formats {sorted(formats)}, not {fmt!r}')
   return ExportedModel(folder, manifest, fmt)
 
-
-def describe(model: ExportedModel) -> dict[str, Any]:
-  """What `predict` prints: format, input size, batch, threshold and where it came from."""
-  return {'format': model.format, 'image_size': model.image_size, 'batch': model.batch or 'dynamic',
-          'threshold': model.threshold, 'source': model.manifest['threshold'].get('source')}

@@ -19,9 +19,6 @@ import numpy as np
 from gcad_jax import input_pipeline, parallel
 from gcad_jax.models import gcad
 
-OUTPUTS = ('maps', 'scores', 'flags', 'threshold')
-
-
 def host_weights(model) -> dict[int, tuple[Any, dict]]:
   """p → ((nets, host weights), float32 μ/σ per branch) of a loaded `predict.Model`."""
   out = {}
