@@ -51,7 +51,8 @@ PRESETS = {'paper_p33': ('configs/loco.py', 33), 'paper_p17': ('configs/loco.py'
            'cpu': ('configs/synthetic.py', 17), 'tiny': ('configs/tiny.py', 17)}
 
 FORMS = ('dense_form', 'up_form', 'stride_form')  # the model's layer forms (bench_runners.with_forms)
-MODES = ('train', 'train_cached', 'infer', 'latency', 'e_loc', 'r_loc', 'e_glo')  # the last three: one forward each
+MODES = ('train', 'train_cached', 'infer', 'latency', 'e_loc', 'r_loc', 'e_glo',  # e_loc..e_glo: one forward each
+         'serve')  # the serving function in JAX, StableHLO, ONNX Runtime (and torch): gcad_jax/serve_bench.py
 
 # Dense peak TFLOP/s per chip (vendor data sheets, no sparsity): bfloat16 tensor cores/MXU, and float32 at
 # JAX's default precision (TF32 tensor cores on NVIDIA; None where the vendor states none). Most specific first.
@@ -223,15 +224,19 @@ def run(config: Any, p: int, *, modes: tuple[str, ...], batch: int, reps: int, i
   if unknown:
     raise ValueError(f'--modes: {sorted(unknown)} not in {list(MODES)}')
   info = machine()
-  runners = bench_runners.jax_runners(config, p, modes, batch, iters, forms=forms)
+  serve, modes = 'serve' in modes, tuple(m for m in modes if m != 'serve')
+  runners = bench_runners.jax_runners(config, p, modes, batch, iters, forms=forms) if modes else []
   for variant in ab:  # Interleaved A/B, e.g. 'jax[up_form=conv_transpose]' or 'jax[augment.enabled=False]'.
     name = 'jax[' + ','.join(f'{k}={v}' for k, v in variant.items()) + ']'
     fields = {k: v for k, v in variant.items() if k not in FORMS}
     changed = configlib.override(config.copy_and_resolve_references(), fields) if fields else config
     runners += bench_runners.jax_runners(changed, p, modes, batch, iters, name=name,
                                          forms={**(forms or {}), **{k: v for k, v in variant.items() if k in FORMS}})
-  if with_torch:
+  if with_torch and modes:
     runners += bench_runners.torch_runners(config, p, modes, batch, iters, torch_formats, reference=torch_reference)
+  if serve:
+    from gcad_jax import serve_bench  # pylint: disable=g-import-not-at-top
+    runners += serve_bench.runners(config, p, batch, iters, with_torch=with_torch, torch_reference=torch_reference)
   measure(runners, reps, warmup)
   nets = gcad.build_nets(config, p)
   params = jax.eval_shape(lambda k: gcad.init_params(nets, k, tuple(config.dataset.image_size)), jax.random.key(0))

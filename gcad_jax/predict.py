@@ -1,6 +1,7 @@
 """Anomaly maps and scores for new images with a trained workdir (docs/method.md §8).
 
   python -m gcad_jax.predict --workdir W --images DIR --out OUT
+  python -m gcad_jax.predict --exported DIR --images DIR --out OUT    (an export of gcad_jax.export)
 
 writes OUT/maps/<stem>.tiff (2-D float32 at the image's size), OUT/overlays/<stem>.png and OUT/scores.csv
 (image, score = map maximum, docs/method.md §8 step 6; with a threshold also threshold and anomalous = score >
@@ -15,6 +16,10 @@ threshold (--threshold auto, the default) is W/threshold.json, else chosen on th
 workdir's data set (all good, docs/method.md §8 step 2's images): the --threshold_quantile of their image scores,
 1.0 = their maximum (no validation image flagged); without the data set, scores.csv has no threshold.
 Any batch size works: batches the devices do not divide are padded and the padding dropped (scoring.py).
+With --exported, the export's threshold and flags are used and every image must have the export's size.
+Image files are read as 8-bit RGB: grey, palette and alpha images are converted (grey replicated, alpha
+dropped), 16-bit and float images refused (`exported.read_image`). An image that cannot be read or scored gets
+its own line in scores.csv with the reason in an `error` column; the others are scored, and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -155,54 +160,116 @@ def _threshold(model: Model, how: str, quantile: float) -> tuple[float | None, s
                                  f'in {model.workdir / THRESHOLD_FILE}')
 
 
+def _workdir_scorer(args):
+  """(score(images) → (maps, scores, flags or None), threshold, source, size check) of --workdir."""
+  model = load(args.workdir)
+  threshold, source = _threshold(model, args.threshold, args.threshold_quantile)
+
+  def score(images):
+    maps, scores = model.score(images)
+    return maps, scores, None if threshold is None else [s > threshold for s in scores]
+
+  return score, threshold, source, lambda image: None
+
+
+def _exported_scorer(args):
+  """The same for --exported: the export's threshold and flags; images must have the export's size."""
+  from gcad_jax import exported  # pylint: disable=g-import-not-at-top
+  if args.threshold != 'auto':
+    raise ValueError(f'--threshold {args.threshold}: an export carries its threshold; export again with '
+                     '`python -m gcad_jax.export --threshold ...` to change it')
+  model = exported.load_exported(args.exported, args.format)
+  size = model.image_size
+
+  def check(image):
+    if image.shape[:2] != size:
+      return (f'image is {image.shape[0]}x{image.shape[1]} (HxW); the {model.format} export takes '
+              f'{size[0]}x{size[1]}: export again with --image_size {image.shape[0]},{image.shape[1]}')
+    return None
+
+  def score(images):
+    out = model.serve(np.stack(images))
+    return list(out['maps']), [float(s) for s in out['scores']], [bool(f) for f in out['flags']]
+
+  threshold = model.manifest['threshold']
+  return score, model.threshold, f'{args.exported}/manifest.json: {threshold.get("source")}', check
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   from gcad_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   xla_cpu.set_cpu_xla_flags()  # Before JAX starts (docs/performance.md).
   parser = argparse.ArgumentParser(prog='python -m gcad_jax.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True)
+  given = parser.add_mutually_exclusive_group(required=True)
+  given.add_argument('--workdir', help='a trained workdir')
+  given.add_argument('--exported', help='an export folder of python -m gcad_jax.export (docs/deploy.md)')
+  parser.add_argument('--format', default=None, help='with --exported: stablehlo, onnx or saved_model '
+                      '(default: the first the export holds, in that order)')
   parser.add_argument('--images', required=True, help='a folder of images (png, jpg, bmp, tif)')
   parser.add_argument('--out', required=True)
   parser.add_argument('--batch', type=int, default=16, help='images scored per call')
   parser.add_argument('--threshold', default='auto',
                       help='auto (W/threshold.json, else chosen on the validation images if the data set is '
-                      'there, else none), validation (choose again), none, or a number')
+                      'there, else none; with --exported: the export\'s), validation (choose again), none, or a '
+                      'number')
   parser.add_argument('--threshold_quantile', type=float, default=1.0,
                       help='quantile of the validation image scores used as threshold (1.0 = their maximum)')
   args = parser.parse_args(argv)
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   import tifffile  # pylint: disable=g-import-not-at-top
+  from gcad_jax import exported  # pylint: disable=g-import-not-at-top
   paths = sorted(p for p in pathlib.Path(args.images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
   if not paths:
     print(f'error: no images ({", ".join(IMAGE_SUFFIXES)}) in {args.images}', file=sys.stderr)
     return 2
   try:
-    model = load(args.workdir)
-    threshold, source = _threshold(model, args.threshold, args.threshold_quantile)
+    score, threshold, source, check = (_exported_scorer if args.exported else _workdir_scorer)(args)
   except (FileNotFoundError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   out = pathlib.Path(args.out)
   (out / 'maps').mkdir(parents=True, exist_ok=True)
   (out / 'overlays').mkdir(parents=True, exist_ok=True)
-  rows = []
+  rows, errors = {}, {}
   for start in range(0, len(paths), args.batch):
-    chunk = paths[start:start + args.batch]
-    images = [np.asarray(Image.open(p).convert('RGB')) for p in chunk]
-    maps, scores = model.score(images)
-    for p, image, amap, score in zip(chunk, images, maps, scores):
+    chunk, images = [], []
+    for p in paths[start:start + args.batch]:  # A bad image gets its own error line; the rest are scored.
+      try:
+        image = exported.read_image(p)
+      except Exception as e:  # pylint: disable=broad-except (PIL raises many kinds for a broken file)
+        errors[p.name] = f'cannot read the image: {type(e).__name__}: {e}'
+        continue
+      errors[p.name] = check(image)
+      if errors[p.name] is None:
+        chunk.append(p)
+        images.append(image)
+    if not chunk:
+      continue
+    maps, scores, flags = score(images)
+    for i, (p, image, amap, score_) in enumerate(zip(chunk, images, maps, scores)):
       with atomic_io.replacing(out / 'maps' / f'{p.stem}.tiff') as tmp:
         tifffile.imwrite(tmp, amap)
-      _overlay(image, amap, out / 'overlays' / f'{p.stem}.png', f'{p.name}  score {score:.3f}')
-      rows.append((p.name, f'{score:.6g}') if threshold is None else
-                  (p.name, f'{score:.6g}', f'{threshold:.6g}', int(score > threshold)))
+      _overlay(image, amap, out / 'overlays' / f'{p.stem}.png', f'{p.name}  score {score_:.3f}')
+      rows[p.name] = ((p.name, f'{score_:.6g}') if threshold is None else
+                      (p.name, f'{score_:.6g}', f'{threshold:.6g}', int(flags[i])))
     print(f'{min(start + args.batch, len(paths))}/{len(paths)} images', file=sys.stderr)
+  failed = {name: e for name, e in errors.items() if e is not None}
   with atomic_io.replacing(out / 'scores.csv') as tmp, open(tmp, 'w', newline='') as f:
     writer = csv.writer(f)
-    writer.writerow(['image', 'score'] + ([] if threshold is None else ['threshold', 'anomalous']))
-    writer.writerows(rows)
-  flagged = '' if threshold is None else f'; {sum(r[3] for r in rows)} above the threshold'
+    header = ['image', 'score'] + ([] if threshold is None else ['threshold', 'anomalous'])
+    writer.writerow(header + (['error'] if failed else []))
+    for p in paths:  # In file order; the error column only when an image failed.
+      if p.name in failed:
+        writer.writerow([p.name] + [''] * (len(header) - 1) + [failed[p.name]])
+      else:
+        writer.writerow(list(rows[p.name]) + ([''] if failed else []))
+  flagged = '' if threshold is None else f'; {sum(r[3] for r in rows.values())} above the threshold'
   print(f'wrote {len(rows)} maps, overlays and {out / "scores.csv"} (threshold: {source}{flagged})')
+  for name, e in failed.items():
+    print(f'error: {name}: {e}', file=sys.stderr)
+  if failed:
+    print(f'error: {len(failed)} of {len(paths)} images not scored (see the error column of '
+          f'{out / "scores.csv"})', file=sys.stderr)
+    return 1
   return 0
 
 

@@ -3,13 +3,15 @@
 import csv
 import json
 
+import shutil
+
 import jax
 import numpy as np
+from PIL import Image
 import pytest
 import tifffile
 
 from gcad_jax import parallel, predict
-from tfds_loco import layout
 
 CATEGORY = 'synthetic_grid'  # the category of conftest.py's `trained` workdir
 
@@ -66,3 +68,25 @@ def test_choose_threshold_is_a_quantile_of_the_validation_scores():
   assert predict.choose_threshold([1.0, 2.0, 3.0, 4.0], 0.5) == 3.0  # 'higher': an observed score
   with pytest.raises(ValueError, match='quantile'):
     predict.choose_threshold([1.0], 0.0)
+
+
+def test_unreadable_and_16_bit_images_get_error_lines_grey_and_rgba_are_converted(trained, tmp_path, capsys):
+  """One broken file among the images: its own scores.csv line with the error, the rest scored, exit 1."""
+  root, _ = trained
+  images = tmp_path / 'images'
+  shutil.copytree(root / 'images', images)
+  (images / 'broken.png').write_bytes(b'not an image')
+  rgb = Image.open(images / 'validation_000.png')
+  rgb.convert('L').save(images / 'grey.png')
+  rgb.convert('RGBA').save(images / 'rgba.png')
+  Image.fromarray(np.full((64, 96), 40000, np.uint16)).save(images / 'deep.png')  # 16-bit grey
+  assert predict.main(['--workdir', str(root / 'w'), '--images', str(images), '--out', str(tmp_path / 'o')]) == 1
+  err = capsys.readouterr().err
+  assert 'broken.png: cannot read the image: UnidentifiedImageError' in err and '2 of 8 images not scored' in err
+  rows = {r['image']: r for r in _rows(tmp_path / 'o' / 'scores.csv')}
+  assert list(rows['broken.png']) == ['image', 'score', 'threshold', 'anomalous', 'error']
+  assert rows['broken.png']['score'] == '' and 'mode I;16 is not converted' in rows['deep.png']['error']
+  scored = [name for name, r in rows.items() if not r['error']]
+  assert len(scored) == 6 and all(float(rows[n]['score']) > 0 for n in scored)
+  assert rows['rgba.png']['score'] == rows['validation_000.png']['score']  # alpha dropped
+  assert not (tmp_path / 'o' / 'maps' / 'broken.tiff').exists()

@@ -3,7 +3,7 @@
 from gcad_jax import bench
 
 
-def test_serve_mode_times_jax_stablehlo_and_onnxruntime_at_the_batch_and_at_batch_1(capsys):
+def test_serve_mode_times_jax_stablehlo_and_onnxruntime_at_the_batch_and_at_batch_1():
   config, p = bench.preset_config('tiny')
   result = bench.run(config, p, modes=('serve',), batch=2, reps=1)
   rows = {(r['impl'], r['mode']): r for r in result['rows']}
