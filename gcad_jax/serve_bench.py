@@ -27,28 +27,16 @@ from gcad_jax.models import gcad
 MODES = ('serve', 'serve_latency')
 
 
-def _config_value(config: Any, path: str, default: Any) -> Any:
-  node = config
-  for key in path.split('.'):
-    node = getattr(node, key, None)
-    if node is None:
-      return default
-  return node
-
-
 def serving_fn(config: Any, p: int, seed: int = 0):
   """The serving function of a random model of scale p at the network size (no workdir needed)."""
   nets = gcad.build_nets(config, p)
   size = tuple(config.dataset.image_size)
-  trainable, e_loc_params = jax.jit(lambda key: gcad.init_params(nets, key, size))(jax.random.key(seed))
-  d = config.eloc.d_loc
-  stats = {'mean': jnp.zeros((d,), jnp.float32), 'std': jnp.ones((d,), jnp.float32)}
-  weights = {'params': trainable, 'e_loc_params': e_loc_params, 'eloc_stats': stats}
+  state = jax.jit(lambda key: bench_runners.stage2_state(config, nets, key))(jax.random.key(seed))
+  weights = {'params': state.params, 'e_loc_params': state.e_loc_params, 'eloc_stats': state.eloc_stats}
   unit = {'mean': np.float32(0.0), 'std': np.float32(1.0)}
   return serving.build({p: (nets, weights, {'loc': unit, 'glo': unit})}, net_size=size, image_size=size,
-                       threshold=0.0, resize_method=_config_value(config, 'dataset.resize_method', 'bilinear_antialias'),
-                       fusion=_config_value(config, 'score.fusion', 'sum'),
-                       squared=bool(_config_value(config, 'score.squared', False)))
+                       threshold=0.0, resize_method=config.dataset.resize_method, fusion=config.score.fusion,
+                       squared=bool(config.score.squared))
 
 
 def _images(config: Any, batch: int, seed: int) -> np.ndarray:

@@ -1,6 +1,5 @@
 """gcad_jax/assess.py and gcad_jax/predict.py end to end on a tiny random GCAD (docs/method.md §8, §11.8–9)."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -12,12 +11,11 @@ import tifffile
 
 from gcad_jax import assess, evaluate, input_pipeline, map_files, parallel, predict, report, scoring
 from tfds_loco import layout
+import fixture_scripts
 import test_scoring
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+gen = fixture_scripts.eval_fixture()
 
 
 def _split(cat_dir, split, size):

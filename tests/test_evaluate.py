@@ -4,7 +4,6 @@ Golden files: tests/fixtures/official_eval/ (README there). Set GCAD_OFFICIAL_EV
 official scripts (and GCAD_OFFICIAL_EVAL_PYTHON to a NumPy 1.x interpreter) for the live comparison.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,13 +18,12 @@ import tifffile
 from gcad_jax import evaluate
 from gcad_jax.metrics import auroc, spro
 from tfds_loco import layout
+import fixture_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / 'tests' / 'fixtures'
 GOLDEN = FIXTURES / 'official_eval'
-_spec = importlib.util.spec_from_file_location('make_eval_fixture', FIXTURES / 'make_eval_fixture.py')
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+gen = fixture_scripts.eval_fixture()
 CAT = gen.CATEGORY
 
 

@@ -1,7 +1,6 @@
 """The dataset formats (tfds_loco.formats, tfds_loco.folder_layout) through the map files and the evaluator:
 MVTec AD with the paper's Table 4 and PRO regions, a user's folder with or without masks (docs/method.md §10.2)."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -13,11 +12,10 @@ from gcad_jax import map_files
 from tfds_loco import folder_layout
 from tfds_loco import formats
 from tfds_loco import layout
+import fixture_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('make_ad_dummy', ROOT / 'tfds_loco/mvtec_ad/dummy_data/make_dummy_data.py')
-_dummy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_dummy)
+_dummy = fixture_scripts.mvtec_ad_dummy()
 
 
 def _perfect_maps(reader, seed=0):

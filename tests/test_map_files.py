@@ -1,6 +1,5 @@
 """gcad_jax/map_files.py: the official map layout, atomic writes and the pre-flight check (docs/data_format.md §8)."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -13,11 +12,10 @@ import tifffile
 
 from gcad_jax import evaluate, map_files
 from tfds_loco import layout
+import fixture_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+gen = fixture_scripts.eval_fixture()
 CAT = gen.CATEGORY
 
 

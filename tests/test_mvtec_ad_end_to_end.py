@@ -5,7 +5,6 @@ report and predict through the real code path, in process, with configs/tiny.py 
 * folder: a user's folder without masks, `--logical`, validation/good given: image metrics only.
 """
 
-import importlib.util
 import json
 import pathlib
 
@@ -14,14 +13,13 @@ from PIL import Image
 import pytest
 
 from gcad_jax import evaluate, loco_protocol, predict, report, train
+import fixture_scripts
 import train_worker
 
 pytestmark = pytest.mark.slow  # trains and evaluates end to end
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('make_ad_dummy', ROOT / 'tfds_loco/mvtec_ad/dummy_data/make_dummy_data.py')
-_dummy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_dummy)
+_dummy = fixture_scripts.mvtec_ad_dummy()
 
 
 def test_the_mvtec_ad_protocol_trains_evaluates_and_writes_tables_8_and_9(tmp_path, capsys):

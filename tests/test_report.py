@@ -1,6 +1,5 @@
 """gcad_jax/report.py and gcad_jax/assess.py: metrics.json with variants, plots, report.md, Tables 3/5/6."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -8,11 +7,10 @@ import numpy as np
 import pytest
 
 from gcad_jax import benchmark_tables, evaluate, map_files, report, scoring
+import fixture_scripts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location('make_eval_fixture', ROOT / 'tests' / 'fixtures' / 'make_eval_fixture.py')
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+gen = fixture_scripts.eval_fixture()
 CAT = gen.CATEGORY
 
 
