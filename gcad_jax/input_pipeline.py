@@ -9,6 +9,7 @@ train step on the uint8 batch.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -58,17 +59,71 @@ def resize(images: jax.Array, size: Sequence[int], method: str = 'bilinear_antia
                           antialias=method == 'bilinear_antialias')
 
 
-@jax.jit
-def _to_uint8(images: jax.Array) -> jax.Array:
-  return jnp.clip(jnp.round(images), 0, 255).astype(jnp.uint8)
+# Inputs are resized to whole grey levels in fixed point, so that every runtime (XLA on any device, TF,
+# ONNX Runtime) gets the same uint8 image: every value the two passes compute is an integer below 2^24, exact
+# in float32 whatever the order of the sums, and each pass ends in a floor by a power of two. Rounding a float
+# resize instead puts pixels near a half grey level on either side depending on the runtime's last ulp.
+_ROW_BITS, _COLUMN_BITS, _CARRY_BITS = 16, 12, 4  # weights' scale per pass; grey levels' scale between them
+
+
+@functools.lru_cache(maxsize=64)
+def fixed_point_weights(n_in: int, n_out: int, antialias: bool, bits: int) -> np.ndarray:
+  """(n_out, n_in) bilinear weights of `resize` (jax.image.scale_and_translate's triangle kernel, widened
+  by n_in / n_out when shrinking with antialias), as whole numbers summing to 2^bits per row (largest
+  remainders), float32. Computed in float64 numpy, so the same on every host."""
+  scale = n_out / n_in
+  kernel_scale = max(1 / scale, 1.0) if antialias else 1.0
+  centres = (np.arange(n_out) + 0.5) / scale - 0.5
+  weights = np.maximum(0.0, 1.0 - np.abs(centres[:, None] - np.arange(n_in)[None]) / kernel_scale)
+  scaled = weights / weights.sum(axis=1, keepdims=True) * 2**bits
+  whole = np.floor(scaled)
+  missing = (2**bits - whole.sum(axis=1)).round().astype(int)
+  order = np.argsort(whole - scaled, axis=1, kind='stable')  # largest remainder first
+  for row, count in enumerate(missing):
+    whole[row, order[row, :count]] += 1
+  return whole.astype(np.float32)
+
+
+def resize_to_grey_levels(images: jax.Array, size: Sequence[int], method: str = 'bilinear_antialias') -> jax.Array:
+  """uint8 (..., H, W, C) → float32 (..., H', W', C) of whole grey levels 0..255: `resize` in fixed point
+  (rows with weights of 2^-16, columns of 2^-12, 1/16 grey level carried between), rounded half up.
+
+  Bit-identical in every runtime: `resize_uint8` (training, evaluation, predict) and the exported models
+  (gcad_jax/serving.py) share it. It differs from `resize` rounded to uint8 by at most one grey level.
+  """
+  if method not in ('bilinear_antialias', 'bilinear'):
+    raise ValueError(f'unknown resize method {method!r}; use bilinear_antialias or bilinear')
+  if images.dtype != jnp.uint8:
+    raise ValueError(f'resize_to_grey_levels takes uint8 images; got {images.dtype}')
+  antialias = method == 'bilinear_antialias'
+  (height, width), size = images.shape[-3:-1], (int(size[0]), int(size[1]))
+  highest = jax.lax.Precision.HIGHEST  # no reduced-precision passes (TPU bf16, GPU TF32)
+  # An axis already at its size has identity weights: its pass is skipped, with the same result.
+  rows = images.astype(jnp.float32) * 2**_CARRY_BITS  # grey levels · 2^4
+  if height != size[0]:
+    rows_w = fixed_point_weights(height, size[0], antialias, _ROW_BITS)
+    rows = jnp.einsum('ih,...hwc->...iwc', rows_w, images.astype(jnp.float32), precision=highest)  # < 255·2^16
+    shift = _ROW_BITS - _CARRY_BITS
+    rows = jnp.floor((rows + 2**(shift - 1)) / 2**shift)  # ≤ 4080
+  out, shift = rows, _CARRY_BITS
+  if width != size[1]:
+    columns_w = fixed_point_weights(width, size[1], antialias, _COLUMN_BITS)
+    out = jnp.einsum('jw,...iwc->...ijc', columns_w, rows, precision=highest)  # ≤ 4080·2^12 < 2^24
+    shift = _COLUMN_BITS + _CARRY_BITS
+  return jnp.clip(jnp.floor((out + 2**(shift - 1)) / 2**shift), 0, 255)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _resize_uint8_jit(images: jax.Array, size: tuple[int, int], method: str) -> jax.Array:
+  return resize_to_grey_levels(images, size, method).astype(jnp.uint8)
 
 
 def resize_uint8(images: np.ndarray, size: Sequence[int], method: str, chunk: int = 16) -> np.ndarray:
-  """Resizes a stack of uint8 images in chunks (bounded memory for large originals)."""
+  """Resizes a stack of uint8 images in chunks (bounded memory for large originals); `resize_to_grey_levels`."""
+  size = (int(size[0]), int(size[1]))
   out = []
   for start in range(0, len(images), chunk):
-    resized = resize(jnp.asarray(images[start:start + chunk]), size, method)
-    out.append(np.asarray(_to_uint8(resized)))
+    out.append(np.asarray(_resize_uint8_jit(jnp.asarray(images[start:start + chunk], jnp.uint8), size, method)))
   return np.concatenate(out) if out else np.zeros((0, *size, 3), np.uint8)
 
 

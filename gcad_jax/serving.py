@@ -2,7 +2,7 @@
 
 One pure JAX function with the weights, the validation μ/σ and the threshold as constants, which the exporters
 (gcad_jax/export_formats.py) serialise. It computes what `gcad_jax.load(W).score` computes, step for step:
-the resize to the network size (rounded to uint8 values, as `input_pipeline.resize_uint8`), the input
+the resize to the network size (in fixed point to whole grey levels, bit-identical to `input_pipeline.resize_uint8`), the input
 normalisation (§3.4), every scale's branch maps (§8 step 1), their standardisation with the validation μ/σ
 (§8 step 2), the fusion of the branches (`score.fusion`) and the mean over the scales (§8 step 3), the bilinear
 upsampling to the input size (§8 step 4), the map maximum (§8 step 6) and `score > threshold`.
@@ -53,8 +53,7 @@ def build(scales: dict, *, net_size: Sequence[int], image_size: Sequence[int], t
     if images.ndim != 4 or tuple(images.shape[1:]) != (*size, 3) or images.dtype != jnp.uint8:
       raise ValueError(f'the serving function takes uint8 (N, {size[0]}, {size[1]}, 3) images; got '
                        f'{images.dtype} {images.shape}')
-    small = input_pipeline.resize(images, net_size, resize_method)
-    small = jnp.clip(jnp.round(small), 0, 255)  # the uint8 round trip of input_pipeline.resize_uint8
+    small = input_pipeline.resize_to_grey_levels(images, net_size, resize_method)  # as resize_uint8, exactly
     x = input_pipeline.normalize(small / 255.0)
     per_scale = []
     for nets, w, stats in scales.values():

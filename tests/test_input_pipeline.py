@@ -51,6 +51,54 @@ def test_resize_uint8_chunks_match_one_pass():
   np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize('n_in, n_out, antialias', [(900, 128, True), (96, 64, True), (40, 64, True), (33, 17, False)])
+def test_fixed_point_weights_are_resize_weights_in_whole_numbers(n_in, n_out, antialias):
+  bits = 12
+  weights = ip.fixed_point_weights(n_in, n_out, antialias, bits)
+  assert weights.shape == (n_out, n_in) and (weights == np.round(weights)).all() and weights.min() >= 0
+  np.testing.assert_array_equal(weights.sum(axis=1), 2**bits)
+  # The float weights of `resize`: the identity, resized along its rows.
+  method = 'bilinear_antialias' if antialias else 'bilinear'
+  reference = np.asarray(ip.resize(np.eye(n_in, dtype=np.float32), (n_out, n_in), method))
+  assert np.abs(weights / 2**bits - reference).max() <= 1 / 2**bits
+
+
+def _grey_levels_in_exact_integers(images, size, method):
+  """resize_to_grey_levels' fixed point in numpy int64 (no float rounding anywhere)."""
+  antialias = method == 'bilinear_antialias'
+  rows_w = ip.fixed_point_weights(images.shape[1], size[0], antialias, 16).astype(np.int64)
+  columns_w = ip.fixed_point_weights(images.shape[2], size[1], antialias, 12).astype(np.int64)
+  rows = np.einsum('ih,nhwc->niwc', rows_w, images.astype(np.int64))
+  rows = (rows + 2**11) >> 12
+  out = np.einsum('jw,niwc->nijc', columns_w, rows)
+  return np.clip((out + 2**15) >> 16, 0, 255)
+
+
+@pytest.mark.parametrize('shape, size, method', [((2, 900, 700, 3), (128, 96), 'bilinear_antialias'),
+                                                 ((3, 64, 96, 3), (64, 64), 'bilinear_antialias'),
+                                                 ((2, 40, 50, 3), (64, 64), 'bilinear_antialias'),
+                                                 ((2, 256, 320, 3), (128, 128), 'bilinear'),
+                                                 ((2, 64, 50, 3), (64, 80), 'bilinear_antialias'),
+                                                 ((2, 30, 20, 3), (30, 20), 'bilinear_antialias')])
+def test_resize_uint8_is_the_exact_fixed_point_and_within_a_grey_level_of_resize(shape, size, method):
+  """Every sum of the two passes is an integer below 2^24, so float32 computes it exactly in any order: the
+  result equals the int64 computation bit for bit (what makes exports and runtimes agree; docs/deploy.md)."""
+  images = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+  images[0] = 255  # the largest sums
+  got = ip.resize_uint8(images, size, method)
+  np.testing.assert_array_equal(got, _grey_levels_in_exact_integers(images, size, method))
+  assert (got[0] == 255).all()
+  rounded = np.clip(np.round(np.asarray(ip.resize(images.astype(np.float32), size, method))), 0, 255)
+  assert np.abs(got.astype(np.float32) - rounded).max() <= 1
+
+
+def test_resize_to_grey_levels_refuses_float_images_and_unknown_methods():
+  with pytest.raises(ValueError, match='takes uint8 images; got float32'):
+    ip.resize_to_grey_levels(jnp.zeros((1, 8, 8, 3)), (4, 4))
+  with pytest.raises(ValueError, match="unknown resize method 'bicubic'"):
+    ip.resize_to_grey_levels(jnp.zeros((1, 8, 8, 3), jnp.uint8), (4, 4), 'bicubic')
+
+
 def test_normalize_maps_imagenet_mean_to_zero():
   mean = jnp.asarray(ip.IMAGENET_MEAN)[None, None, None]
   np.testing.assert_allclose(np.asarray(ip.normalize(jnp.broadcast_to(mean, (1, 2, 2, 3)))), 0, atol=1e-6)
