@@ -23,6 +23,11 @@ def eval_fixture():
   return load('tests/fixtures/make_eval_fixture.py')
 
 
+def pro_fixture():
+  """tests/fixtures/make_pro_fixture.py: the MVTec AD-layout PRO cross-check category and its maps."""
+  return load('tests/fixtures/make_pro_fixture.py')
+
+
 def mvtec_ad_dummy():
   """tfds_loco/mvtec_ad/dummy_data/make_dummy_data.py: the MVTec AD builder's dummy data generator."""
   return load('tfds_loco/mvtec_ad/dummy_data/make_dummy_data.py')

@@ -2,7 +2,8 @@
 
 Each component is a region that saturates at its full area (s = |region|), so min(TP/s, 1) = TP/|region| and
 the sPRO curve of `spro` is the PRO curve of MVTec AD's evaluation code. Components are 8-connected (a 3 × 3
-structuring element, as that code labels masks). Pure NumPy/SciPy; the evaluator calls `components` when a
+structuring element, as that code labels masks); it matches that code's AUC-PRO to its float32 FPR rounding
+(tests/fixtures/official_pro/README.md). Pure NumPy/SciPy; the evaluator calls `components` when a
 data set format's regions are components (tfds_loco.formats), and `pro_curve` serves code holding arrays.
 """
 
