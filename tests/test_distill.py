@@ -264,7 +264,7 @@ def _fixture_crops(p: int, count: int = 1000) -> np.ndarray:
 @pytest.mark.parametrize('p', [
     pytest.param(17, marks=pytest.mark.xfail(strict=True, reason=(
         'the shipped p = 17 teacher (2026-11-27, signed L_c) has collapsed to one dimension; a CPU-distilled '
-        'replacement was not clearly better downstream and is not shipped yet (docs/teachers.md). Strict: '
+        'replacement was not better downstream and is not shipped (docs/teachers.md). Strict: '
         'a new file that passes must remove this mark'))),
     33])
 def test_shipped_teacher_descriptors_carry_many_dimensions(p):
