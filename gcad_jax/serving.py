@@ -2,10 +2,11 @@
 
 One pure JAX function with the weights, the validation μ/σ and the threshold as constants, which the exporters
 (gcad_jax/export_formats.py) serialise. It computes what `gcad_jax.load(W).score` computes, step for step:
-the resize to the network size (in fixed point to whole grey levels, bit-identical to `input_pipeline.resize_uint8`), the input
-normalisation (§3.4), every scale's branch maps (§8 step 1), their standardisation with the validation μ/σ
-(§8 step 2), the fusion of the branches (`score.fusion`) and the mean over the scales (§8 step 3), the bilinear
-upsampling to the input size (§8 step 4), the map maximum (§8 step 6) and `score > threshold`.
+the resize to the network size (in fixed point to whole grey levels, bit-identical to
+`input_pipeline.resize_uint8`), the input normalisation (§3.4), every scale's branch maps (§8 step 1), their
+standardisation with the validation μ/σ (§8 step 2), the fusion of the branches (`score.fusion`) and the mean
+over the scales (§8 step 3), the bilinear upsampling to the input size (§8 step 4), the map maximum (§8 step 6)
+and `score > threshold`.
 """
 
 from __future__ import annotations
