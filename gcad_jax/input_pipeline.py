@@ -52,11 +52,15 @@ def resize(images: jax.Array, size: Sequence[int], method: str = 'bilinear_antia
   spatial = (-3, -2) if has_channels else (-2, -1)
   shape = list(images.shape)
   shape[spatial[0]], shape[spatial[1]] = int(size[0]), int(size[1])
+  dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
+  return jax.image.resize(images.astype(dtype), tuple(shape), method='linear', antialias=_antialias(method))
+
+
+def _antialias(method: str) -> bool:
+  """Whether `method` (config field dataset.resize_method) widens the kernel when shrinking."""
   if method not in ('bilinear_antialias', 'bilinear'):
     raise ValueError(f'unknown resize method {method!r}; use bilinear_antialias or bilinear')
-  dtype = images.dtype if jnp.issubdtype(images.dtype, jnp.floating) else jnp.float32
-  return jax.image.resize(images.astype(dtype), tuple(shape), method='linear',
-                          antialias=method == 'bilinear_antialias')
+  return method == 'bilinear_antialias'
 
 
 # Inputs are resized to whole grey levels in fixed point, so that every runtime (XLA on any device, TF,
@@ -91,20 +95,20 @@ def resize_to_grey_levels(images: jax.Array, size: Sequence[int], method: str = 
   Bit-identical in every runtime: `resize_uint8` (training, evaluation, predict) and the exported models
   (gcad_jax/serving.py) share it. It differs from `resize` rounded to uint8 by at most one grey level.
   """
-  if method not in ('bilinear_antialias', 'bilinear'):
-    raise ValueError(f'unknown resize method {method!r}; use bilinear_antialias or bilinear')
+  antialias = _antialias(method)
   if images.dtype != jnp.uint8:
     raise ValueError(f'resize_to_grey_levels takes uint8 images; got {images.dtype}')
-  antialias = method == 'bilinear_antialias'
   (height, width), size = images.shape[-3:-1], (int(size[0]), int(size[1]))
+  grey = images.astype(jnp.float32)
   highest = jax.lax.Precision.HIGHEST  # no reduced-precision passes (TPU bf16, GPU TF32)
   # An axis already at its size has identity weights: its pass is skipped, with the same result.
-  rows = images.astype(jnp.float32) * 2**_CARRY_BITS  # grey levels · 2^4
-  if height != size[0]:
+  if height == size[0]:
+    rows = grey * 2**_CARRY_BITS  # grey levels · 2^4
+  else:
     rows_w = fixed_point_weights(height, size[0], antialias, _ROW_BITS)
-    rows = jnp.einsum('ih,...hwc->...iwc', rows_w, images.astype(jnp.float32), precision=highest)  # < 255·2^16
+    rows = jnp.einsum('ih,...hwc->...iwc', rows_w, grey, precision=highest)  # < 255·2^16
     shift = _ROW_BITS - _CARRY_BITS
-    rows = jnp.floor((rows + 2**(shift - 1)) / 2**shift)  # ≤ 4080
+    rows = jnp.floor((rows + 2**(shift - 1)) / 2**shift)  # grey levels · 2^4, ≤ 4080
   out, shift = rows, _CARRY_BITS
   if width != size[1]:
     columns_w = fixed_point_weights(width, size[1], antialias, _COLUMN_BITS)
