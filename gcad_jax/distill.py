@@ -334,11 +334,21 @@ def distill(config: Any, workdir: str | os.PathLike) -> dict[str, Any]:
   return distill_settings(settings_from_config(config), workdir)
 
 
+def inspect_paths(files: Sequence[str]) -> list[str]:
+  """`files` with each 'shipped' replaced by both shipped teachers; a missing file raises before any work."""
+  paths = [str(path) for name in files for path in (
+      [teacher_weights.shipped_path(p) for p in teacher.PATCH_SIZES] if name == 'shipped' else [name])]
+  missing = [path for path in paths if not os.path.isfile(path)]
+  if missing:
+    raise FileNotFoundError(f'--inspect: no teacher file {", ".join(missing)} (give .msgpack files or \'shipped\')')
+  return paths
+
+
 def inspect(files: Sequence[str], s: DistillSettings, log: Callable = print) -> list[dict[str, Any]]:
   """The diagnostics of teacher files ('shipped' = both shipped teachers) and of a random-init teacher of the
   same p and widths, on the held-out crops of `s.image_dir` with the targets of `s`."""
   s.validate()
-  paths = [str(teacher_weights.shipped_path(p)) for p in teacher.PATCH_SIZES] if list(files) == ['shipped'] else files
+  paths = inspect_paths(files)
   images = distill_data.load_image_bank(s.image_dir, s.imagenet_resize, s.cache_dir, log)
   _, held = distill_data.split_images(len(images), s.heldout_every)
   results = []

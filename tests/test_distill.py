@@ -294,3 +294,13 @@ def test_inspect_reports_a_teacher_file_beside_a_random_one(tmp_path):
   assert [r['teacher'] for r in results] == [str(path), 'random init p=17']
   assert all(r['crops'] == 300 and 1 <= r['participation_ratio'] <= 8 for r in results)
   assert any('participation ratio' in line for line in lines)
+
+
+def test_inspect_paths_expand_shipped_anywhere_and_refuse_missing_files(tmp_path):
+  path = tmp_path / 't.msgpack'
+  path.write_bytes(b'')
+  shipped = [str(teacher_weights.shipped_path(p)) for p in teacher.PATCH_SIZES]
+  assert distill.inspect_paths(['shipped']) == shipped
+  assert distill.inspect_paths([str(path), 'shipped']) == [str(path), *shipped]
+  with pytest.raises(FileNotFoundError, match='nope.msgpack'):
+    distill.inspect_paths([str(path), str(tmp_path / 'nope.msgpack')])
