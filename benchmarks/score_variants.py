@@ -12,8 +12,8 @@ residual's L2 norm) or 'NORM,squared'. With --fusions sum,max the combined map i
 pixelwise maximum of the two normalised branch maps (`score.fusion`), labelled 'NORM,norm,max'. With --per_scale, each scale p is also scored alone under every
 choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). With
 --per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (docs/data_format.md §11.3: the
-type's images against all good images): which defects each branch finds. Prints mean image AUROC and
-AUC-sPRO@0.05 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
+type's images against all good images): which defects each branch finds. Prints mean image AUROC,
+AUC-sPRO@0.05 and @0.3 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -64,18 +64,20 @@ def raw_branch_maps(workdir: pathlib.Path):
 def headline(metrics: dict) -> dict[str, float]:
   from gcad_jax import report  # pylint: disable=g-import-not-at-top
   h = report.headline(metrics)
-  return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS}}
+  pro = h[f'spro_{report.PRO_LIMIT}']
+  return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS},
+          **{f'spro{report.PRO_LIMIT}_{k}': pro[k] for k in KINDS}}
 
 
 def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False,
                   fusions=('sum',)) -> dict:
   from gcad_jax import evaluate, report, scoring  # pylint: disable=g-import-not-at-top
-  from tfds_loco import layout  # pylint: disable=g-import-not-at-top
+  from tfds_loco import formats  # pylint: disable=g-import-not-at-top
   t0 = time.perf_counter()
   config, val, test_data, test = raw_branch_maps(workdir)
   print(f'[score_variants] {workdir}: branch maps of {len(test_data)} test images in '
         f'{time.perf_counter() - t0:.0f} s', flush=True)
-  cat_dir = layout.category_dir(config.dataset.manual_dir, config.dataset.category)
+  cat_dir = formats.reader_for_config(config)  # the category folder in its format (loco, mvtec_ad, folder)
   scale_sets = [(tuple(test['loc']), '')]  # all scales fused, then (with per_scale) each alone
   if per_scale:
     scale_sets += [((p,), f',p{p}') for p in test['loc']]
@@ -138,11 +140,11 @@ def main(argv=None) -> int:
       continue
     table[workdir] = score_workdir(path, norms, squareds, args.per_scale, args.per_defect_type, fusions)
     print(f'{"workdir":34s} {"norm,residual[,scale]":22s} {"maps":8s}  AUROC str  log   mean | '
-          'sPRO@0.05 str  log   mean')
+          'sPRO@0.05 str  log   mean | sPRO@0.3 str  log   mean')
     for name, rows in table[workdir].items():
       for variant, row in rows.items():
-        print(f'{workdir[-34:]:34s} {name:22s} {variant:8s} ' + ' '.join(_fmt(row[f'auroc_{k}']) for k in KINDS)
-              + ' | ' + ' '.join(_fmt(row[f'spro_{k}']) for k in KINDS), flush=True)
+        print(f'{workdir[-34:]:34s} {name:22s} {variant:8s} ' + ' | '.join(
+            ' '.join(_fmt(row[f'{key}_{k}']) for k in KINDS) for key in ('auroc', 'spro', 'spro0.3')), flush=True)
     if args.per_defect_type:
       print_per_defect_type(table[workdir])
   if args.json:

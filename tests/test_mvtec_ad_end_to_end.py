@@ -7,6 +7,7 @@ report and predict through the real code path, in process, with configs/tiny.py 
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 from PIL import Image
@@ -16,9 +17,12 @@ from gcad_jax import evaluate, loco_protocol, predict, report, train
 import fixture_scripts
 import train_worker
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'benchmarks'))
+import score_variants  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 pytestmark = pytest.mark.slow  # trains and evaluates end to end
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 _dummy = fixture_scripts.mvtec_ad_dummy()
 
 
@@ -41,6 +45,13 @@ def test_the_mvtec_ad_protocol_trains_evaluates_and_writes_tables_8_and_9(tmp_pa
   assert '# GCAD on MVTec AD' in text and 'Table 8' in text and '| paper GCAD | 0.716 | 0.863 | 0.789 |' in text
   assert lines[-1].startswith('[mvtec_ad] 1 run, 0 skipped, 0 failed')
   assert report.main([str(w)]) == 0 and 'Table 9: image AUROC' in capsys.readouterr().out
+  # benchmarks/score_variants.py reads the masks through the workdir's own format and gives back its figures.
+  variants = tmp_path / 'variants.json'
+  assert score_variants.main([str(w), '--norms', 'scalar', '--squared', 'no', '--json', str(variants)]) == 0
+  rescored = json.loads(variants.read_text())[str(w)]['scalar,norm']['combined']
+  assert rescored['auroc_structural'] == pytest.approx(metrics['classification']['auc_roc']['structural_anomalies'])
+  assert rescored['spro0.3_structural'] == pytest.approx(
+      metrics['localization']['auc_spro']['structural_anomalies']['0.3'])
   # predict on a grey image of another size, with the model trained on MVTec AD.
   model = predict.load(w)
   grey = np.asarray(Image.open(tmp_path / 'data/grid/test/bent/000.png').convert('RGB').resize((50, 30)))

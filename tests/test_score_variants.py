@@ -54,6 +54,8 @@ def test_rescoring_the_workdirs_own_choice_gives_back_its_metrics(trained, tmp_p
     assert table['scalar,norm'][variant]['auroc_mean'] == pytest.approx(metrics['classification']['auc_roc']['mean'])
     assert table['scalar,norm'][variant]['spro_mean'] == pytest.approx(
         metrics['localization']['auc_spro']['mean']['0.05'])
+    assert table['scalar,norm'][variant]['spro0.3_mean'] == pytest.approx(
+        metrics['localization']['auc_spro']['mean']['0.3'])
   assert all(0.0 <= table['per_pixel,norm'][v]['auroc_mean'] <= 1.0 for v in scoring.VARIANTS)
   saved_types = {name: row for name, row in saved['gcad_jax']['auc_spro_per_defect_type'].items() if row}
   assert saved_types and set(table['scalar,norm']['local']['per_defect_type']) == set(saved_types)
