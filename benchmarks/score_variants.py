@@ -12,8 +12,9 @@ residual's L2 norm) or 'NORM,squared'. With --fusions sum,max the combined map i
 pixelwise maximum of the two normalised branch maps (`score.fusion`), labelled 'NORM,norm,max'. With --per_scale, each scale p is also scored alone under every
 choice ('NORM,norm,p33': that scale's model without the others; §8 step 3 averages them). With
 --per_defect_type, each map's image AUROC and AUC-sPRO@0.05 per defect type as well (docs/data_format.md §11.3: the
-type's images against all good images): which defects each branch finds. Prints mean image AUROC,
-AUC-sPRO@0.05 and @0.3 per kind; writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
+type's images against all good images): which defects each branch finds. Any dataset format (loco, mvtec_ad,
+folder): the masks are read through the workdir's own. Prints mean image AUROC, AUC-sPRO@0.05 and @0.3 per kind;
+writes nothing into the workdirs. Not part of CI: minutes per workdir on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import numpy as np
 from quality_summary import _fmt  # benchmarks/ is on the path when this script runs
 
 KINDS = ('structural', 'logical', 'mean')
+FIGURES = ('auroc', 'spro', 'spro0.3')  # image AUROC, AUC-sPRO@0.05, AUC-sPRO@0.3: keys '{figure}_{kind}'
 
 
 def variant_maps(a_loc: dict, a_glo: dict, val: dict, norm: str, squared: bool,
@@ -64,9 +66,8 @@ def raw_branch_maps(workdir: pathlib.Path):
 def headline(metrics: dict) -> dict[str, float]:
   from gcad_jax import report  # pylint: disable=g-import-not-at-top
   h = report.headline(metrics)
-  pro = h[f'spro_{report.PRO_LIMIT}']
-  return {**{f'auroc_{k}': h['auroc'][k] for k in KINDS}, **{f'spro_{k}': h['spro'][k] for k in KINDS},
-          **{f'spro{report.PRO_LIMIT}_{k}': pro[k] for k in KINDS}}
+  per_figure = dict(zip(FIGURES, (h['auroc'], h['spro'], h[f'spro_{report.PRO_LIMIT}'])))
+  return {f'{figure}_{k}': values[k] for figure, values in per_figure.items() for k in KINDS}
 
 
 def score_workdir(workdir: pathlib.Path, norms, squareds, per_scale: bool = False, per_type: bool = False,
@@ -144,7 +145,7 @@ def main(argv=None) -> int:
     for name, rows in table[workdir].items():
       for variant, row in rows.items():
         print(f'{workdir[-34:]:34s} {name:22s} {variant:8s} ' + ' | '.join(
-            ' '.join(_fmt(row[f'{key}_{k}']) for k in KINDS) for key in ('auroc', 'spro', 'spro0.3')), flush=True)
+            ' '.join(_fmt(row[f'{key}_{k}']) for k in KINDS) for key in FIGURES), flush=True)
     if args.per_defect_type:
       print_per_defect_type(table[workdir])
   if args.json:
