@@ -8,7 +8,8 @@ The paper's target instead (ImageNet + torchvision ResNet-18 weights you downloa
 Without ml_collections (e.g. on an accelerator machine with only jax/flax/optax/numpy/pillow):
   python -m gcad_jax.distill --p 33 --image_dir /path/to/images --workdir runs/teacher_p33
 The architecture comes from config.eloc (docs/method.md §3.2); the result is runs/teacher_p33/teacher_p33.msgpack,
-usable as config.teacher.init=/path/to/teacher_p33.msgpack.
+usable as config.teacher.init=/path/to/teacher_p33.msgpack
+(or, with both scales, a path with {p} in place of the patch size).
 """
 
 from gcad_jax import configlib

@@ -133,6 +133,24 @@ def test_teacher_file_round_trip_and_errors(tmp_path):
     teacher_weights.load_teacher_params(str(tmp_path / 'x.pth'), 17, params)
 
 
+def test_teacher_path_template_serves_both_scales(tmp_path):
+  """`teacher.init` with `{p}`: each scale loads its own file; a fixed path is refused for the other p."""
+  files = {}
+  for p in (17, 33):
+    s = distill.DistillSettings(p=p, **SMALL)
+    files[p] = distill.make_teacher(s).init(jax.random.PRNGKey(p), jnp.zeros((1, p, p, 3)))['params']
+    (tmp_path / f'teacher_p{p}').mkdir()
+    teacher_weights.save_teacher_params(tmp_path / f'teacher_p{p}' / f'teacher_p{p}.msgpack', files[p], p,
+                                        {'iterations': p})
+  init = str(tmp_path / 'teacher_p{p}' / 'teacher_p{p}.msgpack')
+  for p in (17, 33):
+    loaded = teacher_weights.load_teacher_params(init, p, files[p])
+    np.testing.assert_array_equal(loaded['conv0']['kernel'], files[p]['conv0']['kernel'])
+    assert teacher_weights.teacher_meta(init, p)['iterations'] == p
+  with pytest.raises(ValueError, match=r'p=33 was asked for.*\{p\}'):
+    teacher_weights.load_teacher_params(init.replace('{p}', '17'), 33, files[33])
+
+
 @pytest.fixture(scope='module')
 def synthetic_images(tmp_path_factory):
   """Two 64×64 training images of each synthetic scene, ImageNet-normalised (the input E_loc sees)."""

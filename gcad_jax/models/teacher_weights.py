@@ -25,6 +25,12 @@ def shipped_path(p: int) -> pathlib.Path:
   return pathlib.Path(str(importlib.resources.files('gcad_jax') / 'weights' / f'teacher_p{p}.msgpack'))
 
 
+def teacher_path(init: str, p: int) -> pathlib.Path:
+  """The file that `config.teacher.init` names for scale p: the shipped one, or a path in which `{p}` stands for
+  the patch size, so that one value serves both scales (`runs/teacher_p{p}/teacher_p{p}.msgpack`)."""
+  return shipped_path(p) if init == 'shipped' else pathlib.Path(init.replace('{p}', str(p)))
+
+
 def save_teacher_params(path: str | os.PathLike, params: Any, p: int, meta: Mapping[str, Any] | None = None,
                         dtype: Any = np.float32) -> None:
   """Writes a teacher file: params cast to `dtype` (float32 or float16) plus JSON-able `meta`."""
@@ -73,26 +79,26 @@ def _check_shapes(loaded: Any, template: Any, source: str) -> Any:
 
 
 def load_teacher_params(init: str, p: int, template: Any) -> Any:
-  """E_loc params for `config.teacher.init`: 'shipped', 'random' (returns `template`) or a file path.
+  """E_loc params for `config.teacher.init`: 'shipped', 'random' (returns `template`) or a file path (`{p}`
+  in it is replaced by p: `teacher_path`).
 
   `template` is the PatchTeacher's params tree (arrays or ShapeDtypeStructs); the loaded tree must match
   it in names and shapes, else a ValueError says which parameter differs.
   """
   if init == 'random':
     return template
-  if init == 'shipped':
-    path = shipped_path(p)
-    if not path.is_file():
-      raise FileNotFoundError(f'no shipped teacher for p={p} ({path} is missing): this build of gcad_jax has '
-                              'none; distil one (python -m gcad_jax.distill --p ...) and pass its path')
-  else:
-    path = pathlib.Path(init)
+  path = teacher_path(init, p)
+  if init == 'shipped' and not path.is_file():
+    raise FileNotFoundError(f'no shipped teacher for p={p} ({path} is missing): this build of gcad_jax has '
+                            'none; distil one (python -m gcad_jax.distill --p ...) and pass its path')
   data = read_teacher_file(path)
   if data['p'] is not None and data['p'] != p:
-    raise ValueError(f'{path}: holds a teacher for p={data["p"]}, but p={p} was asked for')
+    raise ValueError(f'{path}: holds a teacher for p={data["p"]}, but p={p} was asked for (config field '
+                     'teacher.init; for several scales write {p} where the path names the patch size, e.g. '
+                     'runs/teacher_p{p}/teacher_p{p}.msgpack)')
   return _check_shapes(data['params'], template, str(path))
 
 
 def teacher_meta(init: str, p: int) -> dict[str, Any]:
   """The run description stored with a teacher file ('shipped' or a path)."""
-  return read_teacher_file(shipped_path(p) if init == 'shipped' else init)['meta']
+  return read_teacher_file(teacher_path(init, p))['meta']
