@@ -214,7 +214,12 @@ def test_torch_reference_is_found_in_the_checkout_or_named_by_a_flag(tmp_path, m
   variable (a clear error); the flag wins over the variable, the variable over the checkout."""
   monkeypatch.setitem(sys.modules, 'torch_reference', None)  # Loading registers it; restored afterwards.
   monkeypatch.delenv(bench_runners.TORCH_REFERENCE_ENV, raising=False)
-  assert bench_runners.load_torch_reference().__file__ == str(ROOT / 'benchmarks' / 'torch_reference.py')
+  assert bench_runners.CHECKOUT == ROOT and (ROOT / 'benchmarks' / 'torch_reference.py').is_file()
+  checkout = tmp_path / 'checkout'  # The real file imports torch, which only CI installs (run.sh).
+  (checkout / 'benchmarks').mkdir(parents=True)
+  (checkout / 'benchmarks' / 'torch_reference.py').write_text('NAME = "checkout"\n')
+  monkeypatch.setattr(bench_runners, 'CHECKOUT', checkout)
+  assert bench_runners.load_torch_reference().__file__ == str(checkout / 'benchmarks' / 'torch_reference.py')
   copy = tmp_path / 'ref.py'
   copy.write_text('NAME = "copy"\n')
   assert bench_runners.load_torch_reference(str(copy)).NAME == 'copy'
